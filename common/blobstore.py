@@ -1,0 +1,65 @@
+"""Where image bytes live. Content-addressed keys make a second put of the same bytes a no-op.
+
+The pipeline only talks to ``BlobStore``; ``LocalBlobStore`` is the default. An S3-compatible store
+implements the same three methods (``put`` with If-None-Match, ``get``, ``exists``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_key(sha256: str) -> str:
+    """``images/ab/cd/abcd...``: two fan-out levels keep directories small on a local disk."""
+    return f"images/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"blob key {key!r} escapes the store root {self.root}")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # write then rename: readers never see a half-written blob, and concurrent writers of the same
+        # content-addressed key both end with the same complete file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+def blob_store(root: Path) -> BlobStore:
+    return LocalBlobStore(root)

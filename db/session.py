@@ -1,0 +1,40 @@
+"""Engine and session factory, one per process (Celery prefork children make their own after fork)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.settings import get_settings
+
+
+@lru_cache
+def get_engine(url: str | None = None) -> Engine:
+    return create_engine(
+        url or get_settings().sqlalchemy_url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+    )
+
+
+def session_factory() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on error."""
+    with session_factory().begin() as session:
+        yield session
+
+
+def reset_engine() -> None:
+    """Forget pooled connections (after fork, or when the settings point elsewhere)."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+    get_engine.cache_clear()

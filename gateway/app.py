@@ -1,0 +1,182 @@
+"""The HTTP API: submit images, follow jobs, read merged records. It publishes; it never fetches or infers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import redis
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from common.blobstore import blob_store
+from common.schemas import ImagePage, ImageView, ItemState, JobCreated, JobIn, JobView, check_models
+from common.settings import get_settings
+from db.session import session_factory
+from gateway import jobs
+from gateway.settings import get_gateway_settings
+from services.registry import SERVICES
+from worker.celery_app import DISPATCH_JOB_TASK
+from worker.celery_app import app as celery_app
+
+log = logging.getLogger(__name__)
+
+app = FastAPI(
+    title="Atelier",
+    version="0.1.0",
+    summary="Fashion image analysis: submit image URLs or files, read merged model attributes.",
+)
+
+
+def get_session() -> Iterator[Session]:
+    with session_factory()() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _submit(session: Session, build: Any) -> JobCreated:
+    """Create the rows, commit, and only then publish: a worker never sees an item that is not there."""
+    created: JobCreated = build()
+    session.commit()
+    celery_app.send_task(
+        DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=get_settings().queues.orchestrator
+    )
+    return created
+
+
+@app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+def create_job(body: JobIn, session: SessionDep) -> JobCreated:
+    return _submit(session, lambda: jobs.create_job(session, items=body.items, models=body.models))
+
+
+@app.post("/v1/jobs/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+def upload_job(
+    session: SessionDep,
+    files: Annotated[list[UploadFile], File(description="image files")],
+    models: Annotated[list[str] | None, Form()] = None,
+    external_ids: Annotated[list[str] | None, Form(description="one per file, in order")] = None,
+) -> JobCreated:
+    settings = get_gateway_settings()
+    if len(files) > settings.max_upload_files:
+        _unprocessable(
+            ["body", "files"], f"at most {settings.max_upload_files} files per request, got {len(files)}"
+        )
+    if external_ids is not None and len(external_ids) != len(files):
+        _unprocessable(["body", "external_ids"], f"{len(external_ids)} external_ids for {len(files)} files")
+    try:
+        chosen = check_models(models)
+    except ValueError as exc:
+        _unprocessable(["body", "models"], str(exc))
+    uploads = [
+        jobs.Upload(
+            f.filename or f"upload-{i}",
+            _read_capped(f, settings.max_upload_bytes),
+            external_ids[i] if external_ids else None,
+        )
+        for i, f in enumerate(files)
+    ]
+    store = blob_store(get_settings().blob_dir)
+    return _submit(session, lambda: jobs.create_job(session, uploads=uploads, models=chosen, store=store))
+
+
+def _read_capped(upload: UploadFile, cap: int) -> bytes:
+    data = upload.file.read(cap + 1)
+    if len(data) > cap:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"file {upload.filename!r} is larger than {cap} bytes"
+        )
+    return data
+
+
+def _unprocessable(loc: list[str], msg: str) -> None:
+    raise HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT, [{"loc": loc, "msg": msg, "type": "value_error"}]
+    )
+
+
+@app.get("/v1/jobs/{job_id}", response_model=JobView)
+def get_job(
+    job_id: uuid.UUID, session: SessionDep, items_limit: Annotated[int, Query(ge=0, le=10_000)] = 10_000
+) -> JobView:
+    view = jobs.job_view(session, job_id, items_limit)
+    if view is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    return view
+
+
+@app.get("/v1/images/{item_id}", response_model=ImageView)
+def get_image(item_id: uuid.UUID, session: SessionDep) -> ImageView:
+    view = jobs.image_view(session, item_id)
+    if view is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {item_id}")
+    return view
+
+
+@app.get("/v1/images", response_model=ImagePage)
+def list_images(
+    session: SessionDep,
+    external_id: str | None = None,
+    status_: Annotated[ItemState | None, Query(alias="status")] = None,
+    job_id: uuid.UUID | None = None,
+    sha256: Annotated[str | None, Query(pattern="^[0-9a-fA-F]{64}$")] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    cursor: str | None = None,
+) -> ImagePage:
+    settings = get_gateway_settings()
+    size = min(limit or settings.page_size, settings.max_page_size)
+    try:
+        return jobs.image_page(
+            session,
+            limit=size,
+            cursor=cursor,
+            external_id=external_id,
+            status=status_,
+            job_id=job_id,
+            sha256=sha256,
+        )
+    except ValueError as exc:
+        _unprocessable(["query", "cursor"], str(exc))
+        raise  # unreachable: _unprocessable raises
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/readyz")
+def readyz(session: SessionDep) -> JSONResponse:
+    """Ready when the database and the broker answer; model services report whether they can serve."""
+    settings, timeout = get_settings(), get_gateway_settings().readiness_timeout_s
+    checks: dict[str, Any] = {
+        "database": _check_database(session),
+        "broker": _check_broker(settings.redis_url, timeout),
+    }
+    checks["services"] = {
+        name: vars(spec.availability(settings.model_repository)) for name, spec in SERVICES.items()
+    }
+    ready = checks["database"] == "ok" and checks["broker"] == "ok"
+    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+def _check_database(session: Session) -> str:
+    try:
+        session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"error: {exc.__class__.__name__}: {exc}"
+    return "ok"
+
+
+def _check_broker(url: str, timeout: float) -> str:
+    try:
+        redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping()
+    except redis.RedisError as exc:
+        return f"error: {exc.__class__.__name__}: {exc}"
+    return "ok"

@@ -1,0 +1,225 @@
+"""Creating jobs and reading their state: plain functions over a session, shared by the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from common.blobstore import BlobStore
+from common.schemas import (
+    ImagePage,
+    ImageView,
+    ItemError_,
+    ItemIn,
+    ItemRef,
+    ItemState_,
+    JobCreated,
+    JobView,
+    ModelState,
+)
+from db.models import Image, ImageRecord, Item, ItemStatus, Job, ModelResult, uuid7
+from services.registry import DEFAULT_MODELS
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+    external_id: str | None = None
+
+
+def create_job(
+    session: Session,
+    *,
+    items: Sequence[ItemIn] = (),
+    uploads: Sequence[Upload] = (),
+    models: Sequence[str] | None = None,
+    store: BlobStore | None = None,
+) -> JobCreated:
+    """Insert the job and its items (the caller commits, then publishes ``dispatch_job_task``)."""
+    chosen = list(models or DEFAULT_MODELS)
+    job_id = uuid7()
+    rows: list[dict[str, Any]] = [
+        {
+            "id": uuid7(),
+            "job_id": job_id,
+            "position": i,
+            "url": item.url,
+            "external_id": item.external_id,
+            "metadata_": item.metadata,
+        }
+        for i, item in enumerate(items)
+    ]
+    for upload in uploads:
+        if store is None:
+            raise ValueError("uploads need a blob store")
+        key = f"uploads/{uuid7()}"
+        store.put(key, upload.data)
+        rows.append(
+            {
+                "id": uuid7(),
+                "job_id": job_id,
+                "position": len(rows),
+                "upload_key": key,
+                "filename": upload.filename,
+                "external_id": upload.external_id,
+            }
+        )
+    session.execute(
+        insert(Job).values(id=job_id, models=chosen, item_count=len(rows), pending_items=len(rows))
+    )
+    if rows:
+        session.execute(
+            insert(Item), [{"url": None, "upload_key": None, "filename": None, **r} for r in rows]
+        )
+    refs = [
+        ItemRef(
+            id=r["id"],
+            position=r["position"],
+            url=r.get("url"),
+            filename=r.get("filename"),
+            external_id=r.get("external_id"),
+        )
+        for r in rows
+    ]
+    return JobCreated(job_id=job_id, models=chosen, items=refs)
+
+
+def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 10_000) -> JobView | None:
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    counts = {state.value: 0 for state in ItemStatus}
+    for status, count in session.execute(
+        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+    ):
+        counts[status.value] = count
+    states = session.execute(
+        select(Item.id, Item.position, Item.status, Item.error_code)
+        .where(Item.job_id == job_id)
+        .order_by(Item.position)
+        .limit(items_limit)
+    )
+    return JobView(
+        id=job.id,
+        models=job.models,
+        item_count=job.item_count,
+        counts=counts,  # type: ignore[arg-type]
+        created_at=job.created_at,
+        dispatched_at=job.dispatched_at,
+        finished_at=job.finished_at,
+        items=[ItemState_(id=i, position=p, status=s.value, error_code=e) for i, p, s, e in states],
+    )
+
+
+def image_view(session: Session, item_id: uuid.UUID) -> ImageView | None:
+    item = session.get(Item, item_id)
+    return None if item is None else _views(session, [item])[0]
+
+
+def image_page(
+    session: Session,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    external_id: str | None = None,
+    status: str | None = None,
+    job_id: uuid.UUID | None = None,
+    sha256: str | None = None,
+) -> ImagePage:
+    """Keyset pagination on the time-ordered item id: stable under inserts, no OFFSET scans."""
+    query = select(Item).order_by(Item.id).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(Item.id > decode_cursor(cursor))
+    if external_id is not None:
+        query = query.where(Item.external_id == external_id)
+    if status is not None:
+        query = query.where(Item.status == ItemStatus(status))
+    if job_id is not None:
+        query = query.where(Item.job_id == job_id)
+    if sha256 is not None:
+        query = query.join(Image, Image.id == Item.image_id).where(Image.sha256 == sha256.lower())
+    items = list(session.scalars(query))
+    more = len(items) > limit
+    items = items[:limit]
+    return ImagePage(items=_views(session, items), next_cursor=encode_cursor(items[-1].id) if more else None)
+
+
+def encode_cursor(item_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(item_id.bytes).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc
+
+
+def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
+    image_ids = {i.image_id for i in items if i.image_id is not None}
+    shas = (
+        dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))))
+        if image_ids
+        else {}
+    )
+    records = (
+        dict(
+            session.execute(
+                select(ImageRecord.image_id, ImageRecord.record).where(ImageRecord.image_id.in_(image_ids))
+            )
+        )
+        if image_ids
+        else {}
+    )
+    results: dict[tuple[uuid.UUID, str, str], ModelResult] = {}
+    if image_ids:
+        for r in session.scalars(select(ModelResult).where(ModelResult.image_id.in_(image_ids))):
+            results[(r.image_id, r.model_name, r.model_version)] = r
+    return [_view(item, shas, records, results) for item in items]
+
+
+def _view(
+    item: Item,
+    shas: dict[uuid.UUID, str],
+    records: dict[uuid.UUID, dict[str, Any]],
+    results: dict[tuple[uuid.UUID, str, str], ModelResult],
+) -> ImageView:
+    models: dict[str, ModelState] = {
+        name: ModelState(status="skipped", reason=info.get("reason")) for name, info in item.skipped.items()
+    }
+    for name, version in item.expected.items():
+        r = results.get((item.image_id, name, version)) if item.image_id else None
+        models[name] = ModelState(
+            status=r.status.value if r else "pending",
+            version=version,
+            reason=r.error if r else None,
+            inference_ms=r.inference_ms if r else None,
+        )
+    return ImageView(
+        id=item.id,
+        job_id=item.job_id,
+        position=item.position,
+        url=item.url,
+        filename=item.filename,
+        external_id=item.external_id,
+        metadata=item.metadata_,
+        status=item.status.value,
+        error=ItemError_(code=item.error_code, detail=item.error_detail) if item.error_code else None,
+        sha256=shas.get(item.image_id) if item.image_id else None,
+        models=models,
+        record=records.get(item.image_id) if item.image_id else None,
+        timestamps={
+            "created_at": item.created_at,
+            "fetch_started_at": item.fetch_started_at,
+            "fetched_at": item.fetched_at,
+            "analysed_at": item.analysed_at,
+            "finished_at": item.finished_at,
+        },
+    )

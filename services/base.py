@@ -1,0 +1,92 @@
+"""The one interface every model service plugs in through.
+
+A service has two halves so that the orchestrator and the gateway never import a heavy framework:
+
+* ``ServiceSpec`` (cheap, importable anywhere): name, queue, the model version it would serve, and
+  whether its artifact is present. The gateway's ``/readyz`` and the fetch step read only this.
+* ``Model`` (heavy, imported only inside the service's own worker process through ``spec.model_path``):
+  ``load()`` once at startup, then a pure batched ``predict``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    version: str | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's output: a JSON-able dict, and optionally an embedding for the pgvector column."""
+
+    output: dict[str, Any]
+    embedding: Sequence[float] | None = None
+
+
+class Model(ABC):
+    """A loaded model. ``load()`` is idempotent; ``predict`` is batched and has no side effects."""
+
+    name: str
+    version: str
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]: ...
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the pipeline knows about a model service without loading it."""
+
+    name: str
+    model_path: str  # "package.module:Factory"; the factory takes (spec, repository) and returns a Model
+    builtin_version: str | None = None  # model-free analysers have a code version instead of an artifact
+    description: str = ""
+    queue_attr: str = field(default="")  # attribute of QueueSettings; defaults to the service name
+
+    def queue(self, queues: Any) -> str:
+        return str(getattr(queues, self.queue_attr or self.name))
+
+    def availability(self, repository: Path) -> Availability:
+        """Built-in analysers are always available; model services need ``<repo>/<name>/<version>/``."""
+        if self.builtin_version is not None:
+            return Availability(True, self.builtin_version)
+        version_dir = latest_version_dir(repository / self.name)
+        if version_dir is None:
+            return Availability(False, None, f"no model artifact in {repository / self.name}")
+        manifest = version_dir / "manifest.json"
+        if not manifest.is_file():
+            return Availability(False, None, f"no manifest.json in {version_dir}")
+        try:
+            json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            return Availability(False, None, f"unreadable manifest {manifest}: {exc}")
+        return Availability(True, version_dir.name)
+
+    def build(self, repository: Path) -> Model:
+        module_name, _, attr = self.model_path.partition(":")
+        factory: Callable[[ServiceSpec, Path], Model] = getattr(importlib.import_module(module_name), attr)
+        return factory(self, repository)
+
+
+def latest_version_dir(model_dir: Path) -> Path | None:
+    """Triton-style layout: ``<repo>/<model>/<version>/``; the highest numeric version wins."""
+    if not model_dir.is_dir():
+        return None
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(versions, key=lambda p: int(p.name), default=None)

@@ -1,0 +1,206 @@
+"""The whole pipeline with real processes: gateway → Valkey → Celery workers → PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import func, select
+
+from tests.conftest import Infra
+from tests.e2e_support import wait_for_job
+from tests.support.imageserver import garment_photo, jpeg_bytes, png_bytes
+
+pytestmark = pytest.mark.e2e
+
+RED = jpeg_bytes(garment_photo((200, 20, 30)))
+NAVY = png_bytes(garment_photo((20, 30, 90)))
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Infra) -> Iterator[Infra]:
+    from atelier.stack import Stack
+
+    with Stack(infra.home / "stack-e2e"):
+        yield infra
+
+
+@pytest.fixture
+def client(stack: Infra, clean_db: Infra) -> Iterator[TestClient]:
+    from gateway.app import app
+
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _view(client: TestClient, item_id: str) -> dict[str, Any]:
+    response = client.get(f"/v1/images/{item_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_urls_and_uploads_are_analysed_once_per_distinct_image(client: TestClient, stack: Infra) -> None:
+    from db.models import Image as ImageRow
+    from db.models import ModelResult
+
+    # given: two distinct images, one of them served under two URLs
+    routes = stack.images.routes
+    routes["/red.jpg"] = (200, {"Content-Type": "image/jpeg"}, RED)
+    routes["/red-again.jpg"] = (200, {"Content-Type": "application/octet-stream"}, RED)
+    routes["/navy.png"] = (200, {"Content-Type": "text/plain"}, NAVY)  # sniffed, not trusted
+
+    # when
+    response = client.post(
+        "/v1/jobs",
+        json={
+            "items": [
+                {"url": stack.images.url("/red.jpg"), "external_id": "sku-red", "metadata": {"shop": "a"}},
+                {"url": stack.images.url("/red-again.jpg"), "external_id": "sku-red-2"},
+                {"url": stack.images.url("/navy.png"), "external_id": "sku-navy"},
+            ]
+        },
+    )
+    assert response.status_code == 202, response.text
+    created = response.json()
+    job = wait_for_job(client, created["job_id"])
+
+    # then
+    assert job["counts"] == {"queued": 0, "fetching": 0, "analysing": 0, "done": 3, "failed": 0}
+    red, red_again, navy = (_view(client, ref["id"]) for ref in created["items"])
+    assert red["sha256"] == red_again["sha256"] != navy["sha256"]
+    assert red["metadata"] == {"shop": "a"}
+    assert any(c["name"] == "Red" for c in red["record"]["properties"]["colours"])
+    assert any(c["name"] == "Navy Blue" for c in navy["record"]["properties"]["colours"])
+    assert red["record"]["properties"]["background"]["plain"] is True
+    assert red["models"]["properties"]["status"] == "done"
+    for name in ("classifier", "detector", "segmenter"):
+        assert red["models"][name]["status"] == "skipped"
+        assert "no model artifact" in red["models"][name]["reason"]
+    assert all(red["timestamps"][k] is not None for k in ("created_at", "fetched_at", "finished_at"))
+
+    # and the same bytes uploaded in a second job are not analysed again
+    upload = client.post(
+        "/v1/jobs/upload",
+        files=[("files", ("red.jpg", io.BytesIO(RED), "image/jpeg"))],
+        data={"models": ["properties"]},
+    )
+    assert upload.status_code == 202, upload.text
+    wait_for_job(client, upload.json()["job_id"])
+    uploaded = _view(client, upload.json()["items"][0]["id"])
+    assert uploaded["status"] == "done"
+    assert uploaded["sha256"] == red["sha256"]
+    assert uploaded["record"] == red["record"]
+
+    from db.session import session_factory
+
+    with session_factory()() as session:
+        assert session.scalar(select(func.count()).select_from(ImageRow)) == 2
+        results = session.scalars(select(ModelResult)).all()
+        assert sorted(r.model_name for r in results) == ["properties", "properties"]
+        assert all(r.attempts == 1 and r.status.value == "done" for r in results)
+
+
+def test_stored_record_equals_the_analyser_called_directly(client: TestClient, stack: Infra) -> None:
+    from common.images import decode_image
+    from services.properties.model import PropertiesModel
+
+    stack.images.routes["/navy-direct.png"] = (200, {}, NAVY)
+    created = client.post(
+        "/v1/jobs", json={"items": [{"url": stack.images.url("/navy-direct.png")}], "models": ["properties"]}
+    ).json()
+    wait_for_job(client, created["job_id"])
+    stored = _view(client, created["items"][0]["id"])["record"]["properties"]
+
+    model = PropertiesModel()
+    model.load()
+    [direct] = model.predict([decode_image(NAVY, 40_000_000)])
+    assert stored == direct.output
+
+
+def _bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(buffer, "PNG")  # 49 Mpx > the 40 Mpx test limit, ~10 kB on the wire
+    return buffer.getvalue()
+
+
+def test_every_bad_input_ends_failed_with_its_code(client: TestClient, stack: Infra) -> None:
+    routes = stack.images.routes
+    routes["/html"] = (200, {"Content-Type": "image/jpeg"}, b"<html><body>not an image</body></html>")
+    routes["/truncated.jpg"] = (200, {}, RED[: len(RED) // 2])
+    routes["/bomb.png"] = (200, {}, _bomb())
+    routes["/huge.jpg"] = (200, {}, b"\xff\xd8\xff\xe0" + b"\0" * (3 * 1024 * 1024))
+    routes["/to-loopback"] = (302, {"Location": "http://127.0.0.1:6379/"}, b"")
+    cases = {
+        stack.images.url("/missing.jpg"): "http_error",
+        stack.images.url("/html"): "not_an_image",
+        stack.images.url("/truncated.jpg"): "truncated_image",
+        stack.images.url("/bomb.png"): "decompression_bomb",
+        stack.images.url("/huge.jpg"): "too_large",
+        stack.images.url("/to-loopback"): "blocked_loopback",
+        "http://169.254.169.254/latest/meta-data/": "blocked_metadata",
+        "http://[::1]/": "blocked_loopback",
+        "file:///etc/passwd": "unsupported_scheme",
+        f"http://127.0.0.1:{stack.silent_port}/never": "fetch_timeout",
+        "not a url": "invalid_url",
+    }
+    response = client.post("/v1/jobs", json={"items": [{"url": url} for url in cases], "models": ["properties"]})
+    assert response.status_code == 202, response.text
+    created = response.json()
+
+    job = wait_for_job(client, created["job_id"], timeout=120)
+
+    assert job["counts"]["failed"] == len(cases)
+    got = {ref["url"]: _view(client, ref["id"]) for ref in created["items"]}
+    assert {url: view["error"]["code"] for url, view in got.items()} == cases
+    assert "404" in got[stack.images.url("/missing.jpg")]["error"]["detail"]
+    assert all(view["timestamps"]["finished_at"] is not None for view in got.values())
+
+
+def test_api_refuses_bad_requests_with_the_field_named(client: TestClient) -> None:
+    empty = client.post("/v1/jobs", json={"items": []})
+    assert empty.status_code == 422
+    assert empty.json()["detail"][0]["loc"] == ["body", "items"]
+    unknown = client.post("/v1/jobs", json={"items": [{"url": "http://x/"}], "models": ["colourizer"]})
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "models"]
+    too_many = client.post("/v1/jobs", json={"items": [{"url": "http://x/"}] * 10_001})
+    assert too_many.status_code == 422
+    assert client.get("/v1/jobs/00000000-0000-7000-8000-000000000000").status_code == 404
+    assert client.get("/v1/images/00000000-0000-7000-8000-000000000000").status_code == 404
+    assert client.get("/v1/images/not-a-uuid").status_code == 422
+    assert client.get("/v1/images?cursor=@@@").status_code == 422
+    assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/jobs", "/v1/images", "/v1/images/{item_id}"}
+
+
+def test_listing_pages_through_every_item_once(client: TestClient, stack: Infra) -> None:
+    stack.images.routes["/page.png"] = (200, {}, NAVY)
+    items = [{"url": stack.images.url("/page.png"), "external_id": f"sku-{i}"} for i in range(7)]
+    created = client.post("/v1/jobs", json={"items": items, "models": ["properties"]}).json()
+    wait_for_job(client, created["job_id"])
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"job_id": created["job_id"], "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/images", params=params).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [ref["id"] for ref in created["items"]]
+    only = client.get("/v1/images", params={"external_id": "sku-3"}).json()["items"]
+    assert [item["external_id"] for item in only] == ["sku-3"]
+    assert client.get("/v1/images", params={"status": "failed", "job_id": created["job_id"]}).json()["items"] == []
+
+
+def test_readiness_reports_database_broker_and_services(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert body["ready"] is True
+    assert body["database"] == "ok" and body["broker"] == "ok"
+    assert body["services"]["properties"]["available"] is True
+    assert body["services"]["classifier"]["available"] is False
+    assert client.get("/healthz").json() == {"status": "ok"}

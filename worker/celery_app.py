@@ -1,0 +1,38 @@
+"""The Celery application. Importable by the gateway (it only publishes) and by every worker process."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common.settings import get_settings
+from worker.settings import get_worker_settings
+
+DISPATCH_JOB_TASK = "atelier.dispatch_job_task"
+FETCH_TASK = "atelier.fetch_task"
+ANALYSE_TASK = "atelier.analyse_task"
+
+
+def make_celery() -> Celery:
+    settings, worker = get_settings(), get_worker_settings()
+    app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks"])
+    orchestrator = settings.queues.orchestrator
+    app.conf.update(
+        # a task is acknowledged after it ran, so a worker killed mid-task leaves its message to be
+        # redelivered; every write is an idempotent upsert, so the redelivery changes nothing twice
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=worker.prefetch_multiplier,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=orchestrator,
+        task_routes={DISPATCH_JOB_TASK: {"queue": orchestrator}, FETCH_TASK: {"queue": orchestrator}},
+        broker_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = make_celery()

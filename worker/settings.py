@@ -1,0 +1,26 @@
+"""``ATELIER_WORKER_*``: how a worker process behaves."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_WORKER_", extra="ignore")
+
+    # the model service this process serves (its queue); None for the orchestrating worker
+    service: str | None = None
+    max_retries: int = 5
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+    # unacked messages of a worker that died return to the queue after this long (Redis transport);
+    # keep it above the longest task
+    visibility_timeout_s: int = 3600
+    prefetch_multiplier: int = 1
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    return WorkerSettings()

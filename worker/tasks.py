@@ -1,0 +1,182 @@
+"""The Celery tasks: dispatch → fetch → analyse (one queue per model service) → finalize.
+
+Tasks carry ids only. Each one claims its row, does its work outside any transaction, then writes
+the outcome in one transaction; all state lives in Postgres (``worker.pipeline``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery import Task, signals
+from common.fetch import fetch_url
+from common.images import decode_image, sniff_format
+
+from common.blobstore import blob_store, image_key, sha256_hex
+from common.errors import ItemError
+from common.settings import get_settings
+from db.session import reset_engine, transaction
+from services.base import Availability, Model
+from services.registry import get_spec
+from worker import pipeline
+from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
+from worker.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+_loaded: dict[str, Model] = {}
+
+
+@signals.worker_init.connect
+def _load_served_model(**_: Any) -> None:
+    """A model worker loads its model once, at startup, and fails loudly if it cannot."""
+    name = get_worker_settings().service
+    if name:
+        served_model()
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    reset_engine()
+
+
+def served_model() -> Model:
+    name = get_worker_settings().service
+    if not name:
+        raise RuntimeError("this worker serves no model service; set ATELIER_WORKER_SERVICE")
+    if name not in _loaded:
+        spec = get_spec(name)
+        model = spec.build(get_settings().model_repository)
+        model.load()
+        _loaded[name] = model
+        log.info("loaded model %s version %s", model.name, model.version)
+    return _loaded[name]
+
+
+def _backoff(retries: int) -> float:
+    settings = get_worker_settings()
+    return float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s))
+
+
+def _may_retry(task: Task) -> bool:
+    return task.request.retries < get_worker_settings().max_retries
+
+
+@app.task(name=DISPATCH_JOB_TASK, bind=True)
+def dispatch_job_task(self: Task, job_id: str) -> int:
+    """Expand a job into one fetch task per item, off the gateway's request path."""
+    with transaction() as session:
+        item_ids = pipeline.queued_item_ids(session, uuid.UUID(job_id))
+    with app.producer_or_acquire() as producer:
+        for item_id in item_ids:
+            fetch_task.apply_async((str(item_id),), producer=producer)
+    with transaction() as session:
+        pipeline.mark_dispatched(session, uuid.UUID(job_id))
+    return len(item_ids)
+
+
+@app.task(name=FETCH_TASK, bind=True)
+def fetch_task(self: Task, item_id: str) -> None:
+    item = uuid.UUID(item_id)
+    with transaction() as session:
+        claim = pipeline.claim_fetch(session, item)
+    if claim is None:
+        return
+    if claim.status == pipeline.ItemStatus.analysing:
+        # redelivered after the image was attached: publish again what this item claimed
+        with transaction() as session:
+            _publish(pipeline.claimed_pending(session, item))
+        return
+    try:
+        stored = _fetch_and_store(claim)
+    except ItemError as err:
+        if err.transient and _may_retry(self):
+            raise self.retry(countdown=_backoff(self.request.retries), exc=err) from err
+        with transaction() as session:
+            pipeline.fail_item(session, item, err.code, err.detail)
+        return
+    except Exception as exc:
+        _retry_or_fail_item(self, item, exc)
+        return
+    availability = {name: _availability(name) for name in claim.models}
+    with transaction() as session:
+        claims = pipeline.attach_image(session, item, stored, claim.models, availability)
+    _publish(claims)
+
+
+def _retry_or_fail_item(task: Task, item: uuid.UUID, exc: Exception) -> None:
+    """Unexpected errors retry with backoff; when retries run out the item still ends recorded."""
+    if _may_retry(task):
+        log.warning("fetch of item %s failed, retrying: %r", item, exc)
+        raise task.retry(countdown=_backoff(task.request.retries), exc=exc) from exc
+    log.exception("fetch of item %s failed for good", item)
+    with transaction() as session:
+        pipeline.fail_item(session, item, "internal_error", repr(exc))
+
+
+def _fetch_and_store(claim: pipeline.FetchClaim) -> pipeline.StoredImage:
+    settings = get_settings()
+    store = blob_store(settings.blob_dir)
+    if claim.url is not None:
+        data = fetch_url(claim.url, settings.fetch).data
+    elif claim.upload_key is not None:
+        if not store.exists(claim.upload_key):
+            raise ItemError("upload_missing", f"uploaded file {claim.upload_key!r} is not in the blob store")
+        data = store.get(claim.upload_key)
+    else:
+        raise ItemError("invalid_item", "item has neither a URL nor an upload")
+    image = decode_image(data, settings.fetch.max_pixels)
+    sha = sha256_hex(data)
+    key = image_key(sha)
+    store.put(key, data)
+    return pipeline.StoredImage(sha, key, sniff_format(data), image.width, image.height, len(data))
+
+
+def _availability(name: str) -> Availability:
+    return get_spec(name).availability(get_settings().model_repository)
+
+
+def _publish(claims: list[pipeline.AnalysisClaim]) -> None:
+    queues = get_settings().queues
+    for claim in claims:
+        analyse_task.apply_async((str(claim.result_id),), queue=get_spec(claim.model_name).queue(queues))
+
+
+@app.task(name=ANALYSE_TASK, bind=True)
+def analyse_task(self: Task, result_id: str) -> None:
+    result = uuid.UUID(result_id)
+    with transaction() as session:
+        claim = pipeline.claim_analysis(session, result)
+    if claim is None:
+        return  # already finished: a redelivery changes nothing
+    try:
+        output, embedding, ms = _run_model(claim)
+    except Exception as exc:
+        if _may_retry(self):
+            log.warning("analysis %s (%s) failed, retrying: %r", result, claim.model_name, exc)
+            raise self.retry(countdown=_backoff(self.request.retries), exc=exc) from exc
+        log.exception("analysis %s (%s) failed for good", result, claim.model_name)
+        with transaction() as session:
+            pipeline.complete_analysis(session, result, output=None, error=repr(exc))
+        return
+    with transaction() as session:
+        pipeline.complete_analysis(
+            session, result, output=output, embedding=embedding, batch_size=1, inference_ms=ms
+        )
+
+
+def _run_model(claim: pipeline.AnalysisClaim) -> tuple[dict[str, Any], Any, float]:
+    model = served_model()
+    if (model.name, model.version) != (claim.model_name, claim.model_version):
+        raise RuntimeError(
+            f"this worker serves {model.name} {model.version}, "
+            f"the task asks for {claim.model_name} {claim.model_version}"
+        )
+    settings = get_settings()
+    image = decode_image(blob_store(settings.blob_dir).get(claim.blob_key), settings.fetch.max_pixels)
+    started = time.perf_counter()
+    [prediction] = model.predict([image])
+    return prediction.output, prediction.embedding, (time.perf_counter() - started) * 1000.0
