@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -28,13 +29,21 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 EMBEDDING_DIM = 512
 
 
+_uuid7_lock = threading.Lock()
+_uuid7_last = [0, 0]  # last millisecond, counter within it
+
+
 def uuid7() -> uuid.UUID:
-    """Time-ordered UUID (RFC 9562 version 7): ids sort by creation, which keyset pagination relies on."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
-    value |= 0b10 << 62 | (rand & ((1 << 62) - 1))
-    return uuid.UUID(int=value)
+    """Time-ordered UUID (RFC 9562 version 7) with a 12-bit counter in ``rand_a`` (its method 1), so
+    ids made by one process are strictly increasing: keyset pagination returns a job's items in order."""
+    with _uuid7_lock:
+        ms = max(time.time_ns() // 1_000_000, _uuid7_last[0])
+        counter = _uuid7_last[1] + 1 if ms == _uuid7_last[0] else 0
+        if counter > 0xFFF:
+            ms, counter = ms + 1, 0
+        _uuid7_last[:] = [ms, counter]
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand)
 
 
 class ItemStatus(enum.StrEnum):

@@ -165,7 +165,7 @@ def decode_cursor(cursor: str) -> uuid.UUID:
 def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
     image_ids = {i.image_id for i in items if i.image_id is not None}
     shas = (
-        dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))))
+        dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).tuples().all())
         if image_ids
         else {}
     )
@@ -174,6 +174,8 @@ def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
             session.execute(
                 select(ImageRecord.image_id, ImageRecord.record).where(ImageRecord.image_id.in_(image_ids))
             )
+            .tuples()
+            .all()
         )
         if image_ids
         else {}

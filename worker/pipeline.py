@@ -123,9 +123,9 @@ def attach_image(
 
     Returns the analyses this item must publish: only the rows it created, so the same bytes
     submitted twice are analysed once per model version. Items whose every model already has a
-    result complete here.
+    result complete here. Call ``upsert_image`` in a transaction of its own first.
     """
-    image_id = _upsert_image(session, image)
+    image_id = _lock_image(session, image)
     expected = {m: availability[m].version for m in models if availability[m].available}
     skipped = {m: {"reason": availability[m].reason} for m in models if not availability[m].available}
     session.execute(
@@ -201,6 +201,10 @@ def complete_analysis(
 
     Idempotent: only a pending row is written, so a redelivered task changes nothing.
     """
+    image_id = session.scalar(select(ModelResult.image_id).where(ModelResult.id == result_id))
+    if image_id is None:
+        return False
+    _lock_image_id(session, image_id)
     row = session.execute(
         update(ModelResult)
         .where(ModelResult.id == result_id, ModelResult.status == ResultStatus.pending)
@@ -232,11 +236,13 @@ def complete_analysis(
 
 
 def finalize_image(session: Session, image_id: uuid.UUID) -> None:
-    """Complete the items of an image whose expected results are all in, under the image's row lock.
+    """Complete the items of an image whose expected results are all in.
 
-    Every finisher takes the lock, so the last one sees every other finisher's committed result.
+    The caller holds the image's row lock (``_lock_image_id``), taken first in every transaction
+    that changes an image's items or results: one lock order, no deadlocks, and the last finisher
+    sees every other finisher's committed result.
     """
-    image = session.scalars(select(Image).where(Image.id == image_id).with_for_update()).one()
+    image = session.scalars(select(Image).where(Image.id == image_id)).one()
     results = {
         (r.model_name, r.model_version): r
         for r in session.scalars(
@@ -315,7 +321,19 @@ def _count_off(session: Session, finished: Mapping[uuid.UUID, int]) -> None:
         )
 
 
-def _upsert_image(session: Session, image: StoredImage) -> uuid.UUID:
+def _lock_image_id(session: Session, image_id: uuid.UUID) -> None:
+    session.execute(select(Image.id).where(Image.id == image_id).with_for_update())
+
+
+def _lock_image(session: Session, image: StoredImage) -> uuid.UUID:
+    image_id = session.scalar(select(Image.id).where(Image.sha256 == image.sha256).with_for_update())
+    if image_id is None:
+        raise LookupError(f"image {image.sha256} is not recorded; call upsert_image first")
+    return image_id
+
+
+def upsert_image(session: Session, image: StoredImage) -> uuid.UUID:
+    """Record an image once per sha256 (its own short transaction, before any lock is taken)."""
     inserted = session.scalar(
         insert(Image)
         .values(

@@ -92,19 +92,19 @@ def fetch_task(self: Task, item_id: str) -> None:
         return
     try:
         stored = _fetch_and_store(claim)
+        availability = {name: _availability(name) for name in claim.models}
+        with transaction() as session:
+            pipeline.upsert_image(session, stored)
+        with transaction() as session:
+            claims = pipeline.attach_image(session, item, stored, claim.models, availability)
+        _publish(claims)
     except ItemError as err:
         if err.transient and _may_retry(self):
             raise self.retry(countdown=_backoff(self.request.retries), exc=err) from err
         with transaction() as session:
             pipeline.fail_item(session, item, err.code, err.detail)
-        return
     except Exception as exc:
         _retry_or_fail_item(self, item, exc)
-        return
-    availability = {name: _availability(name) for name in claim.models}
-    with transaction() as session:
-        claims = pipeline.attach_image(session, item, stored, claim.models, availability)
-    _publish(claims)
 
 
 def _retry_or_fail_item(task: Task, item: uuid.UUID, exc: Exception) -> None:
@@ -154,6 +154,10 @@ def analyse_task(self: Task, result_id: str) -> None:
         return  # already finished: a redelivery changes nothing
     try:
         output, embedding, ms = _run_model(claim)
+        with transaction() as session:
+            pipeline.complete_analysis(
+                session, result, output=output, embedding=embedding, batch_size=1, inference_ms=ms
+            )
     except Exception as exc:
         if _may_retry(self):
             log.warning("analysis %s (%s) failed, retrying: %r", result, claim.model_name, exc)
@@ -161,11 +165,6 @@ def analyse_task(self: Task, result_id: str) -> None:
         log.exception("analysis %s (%s) failed for good", result, claim.model_name)
         with transaction() as session:
             pipeline.complete_analysis(session, result, output=None, error=repr(exc))
-        return
-    with transaction() as session:
-        pipeline.complete_analysis(
-            session, result, output=output, embedding=embedding, batch_size=1, inference_ms=ms
-        )
 
 
 def _run_model(claim: pipeline.AnalysisClaim) -> tuple[dict[str, Any], Any, float]:

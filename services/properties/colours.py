@@ -240,8 +240,8 @@ def dominant_colours(
     counts = np.bincount(labels, minlength=len(centres))
     kept = np.flatnonzero(counts)
     # One last Lloyd step over every pixel, so that each centre is the mean of the pixels it counts.
-    means = np.stack([np.bincount(labels, weights=lab[:, c], minlength=len(centres)) for c in range(3)], 1)
-    means = means[kept] / counts[kept, None]
+    sums = np.stack([np.bincount(labels, weights=lab[:, c], minlength=len(centres)) for c in range(3)], 1)
+    means = sums[kept] / counts[kept, None]
     shares = counts[kept] / len(pixels)
 
     names = nearest_colour_names(means)
@@ -261,7 +261,7 @@ def dominant_colours(
 def _cluster_centres(
     pixels: NDArray[np.uint8], lab: FloatArray, k: int, rng: np.random.Generator
 ) -> FloatArray:
-    """Initial-plus-refined Lab centres from a deterministic sample of at most MAX_CLUSTER_SAMPLES."""
+    """k-means centres in Lab, fitted on a deterministic sample of at most MAX_CLUSTER_SAMPLES pixels."""
     if len(pixels) > MAX_CLUSTER_SAMPLES:
         sample = np.sort(rng.choice(len(pixels), MAX_CLUSTER_SAMPLES, replace=False))
         pixels, lab = pixels[sample], lab[sample]

@@ -20,8 +20,9 @@ from services.base import Model, Prediction, ServiceSpec
 from services.properties.colours import dominant_colours, rgb_to_hex, srgb_to_lab
 from services.properties.config import PROPERTIES_VERSION
 
-# Colours, brightness and background are measured on a copy whose longer side is at most this: 65k
-# pixels describe a photo's colours as well as 1M do, at a small fraction of the cost.
+# Colours, brightness and background are measured, for speed, on a copy whose longer side is at most
+# this (65k pixels at most instead of millions). The copy is taken by nearest-neighbour sampling, so it
+# holds only colours that are in the photo: averaging filters would invent blends along every edge.
 COLOUR_MAX_SIDE = 256
 N_COLOURS = 5
 COLOUR_SEED = 0
@@ -64,7 +65,8 @@ def build(spec: ServiceSpec, repository: Path) -> PropertiesModel:
     """Factory named by ``SPEC.model_path``; there is no artifact, so ``repository`` is not read."""
     if spec.builtin_version != PROPERTIES_VERSION:
         raise ValueError(
-            f"spec {spec.name!r} asks for version {spec.builtin_version!r}; this code is {PROPERTIES_VERSION!r}"
+            f"spec {spec.name!r} asks for version {spec.builtin_version!r}; "
+            f"this code is {PROPERTIES_VERSION!r}"
         )
     return PropertiesModel()
 

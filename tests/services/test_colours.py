@@ -206,7 +206,9 @@ def test_one_colour_gives_one_cluster_and_no_pixels_no_clusters() -> None:
 def test_kmeans_on_sampled_noisy_clusters_recovers_shares_and_names() -> None:
     # given 100k pixels (so k-means sees a sample) in three noisy colour clouds
     rng = np.random.default_rng(7)
-    pixels = np.concatenate([_noisy(RED, 50_000, rng), _noisy(NAVY, 30_000, rng), _noisy((250, 250, 250), 20_000, rng)])
+    pixels = np.concatenate(
+        [_noisy(RED, 50_000, rng), _noisy(NAVY, 30_000, rng), _noisy((250, 250, 250), 20_000, rng)]
+    )
     rng.shuffle(pixels)
 
     # when
@@ -218,11 +220,26 @@ def test_kmeans_on_sampled_noisy_clusters_recovers_shares_and_names() -> None:
     assert math.fsum(c["share"] for c in colours) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_cluster_centres_are_the_means_of_all_their_pixels() -> None:
+    # Then the share-weighted centres give back the mean colour of the whole image.
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(60_000, 3), dtype=np.uint8)
+
+    colours = dominant_colours(pixels, k=4)
+
+    weighted = np.sum([np.multiply(c["share"], c["lab"]) for c in colours], axis=0)
+    np.testing.assert_allclose(weighted, srgb_to_lab(pixels).mean(axis=0), atol=0.006)
+
+
 def test_many_colours_give_k_sorted_finite_clusters_deterministically() -> None:
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, size=(30_000, 3), dtype=np.uint8)
 
-    first, again, other_seed = dominant_colours(pixels), dominant_colours(pixels), dominant_colours(pixels, seed=1)
+    first, again, other_seed = (
+        dominant_colours(pixels),
+        dominant_colours(pixels),
+        dominant_colours(pixels, seed=1),
+    )
 
     assert first == again
     assert len(first) == 5 and len(other_seed) == 5

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from services.base import Prediction
+from services.properties.colours import hex_to_rgb
 from services.properties.config import PROPERTIES_VERSION, SPEC
 from services.properties.model import PropertiesModel, build
 
@@ -165,7 +166,7 @@ def test_white_studio_shot_has_a_plain_white_background(model: PropertiesModel) 
 
     assert background["plain"] is True
     assert background["uniformity"] >= 0.99
-    assert all(channel >= 245 for channel in Image.new("RGB", (1, 1), background["colour"]).getpixel((0, 0)))
+    assert all(channel >= 245 for channel in hex_to_rgb(background["colour"]))
 
 
 def test_random_noise_background_is_not_plain(model: PropertiesModel) -> None:
@@ -205,10 +206,28 @@ def test_sharp_checkerboard_is_far_sharper_than_its_blurred_copy(model: Properti
 
 
 def test_sharpness_is_comparable_across_resolutions(model: PropertiesModel) -> None:
-    # The same pattern at twice the resolution measures the same after the resize to 512 px.
-    small, large = _checkerboard(512, 16), _checkerboard(1024, 32)
+    # given a detailed photo and the same photo delivered at twice the size: the raw Laplacian variance
+    # of the larger one is about 6 times smaller, since each edge is spread over twice the pixels
+    rng = np.random.default_rng(0)
+    detail = Image.fromarray(rng.integers(0, 256, size=(384, 512, 3), dtype=np.uint8))
+    photo = detail.filter(ImageFilter.GaussianBlur(1)).resize((1024, 768), Image.Resampling.BICUBIC)
+    enlarged = photo.resize((2048, 1536), Image.Resampling.BICUBIC)
 
-    assert _predict(model, large)["sharpness"] == pytest.approx(_predict(model, small)["sharpness"], rel=0.1)
+    # when
+    at_1024, at_2048 = _predict(model, photo)["sharpness"], _predict(model, enlarged)["sharpness"]
+
+    # then both are measured at 512 px and agree
+    assert at_2048 == pytest.approx(at_1024, rel=0.1)
+
+
+def test_images_smaller_than_the_sharpness_size_are_enlarged_to_it(model: PropertiesModel) -> None:
+    # Measured as it comes, the 384 px copy would score about 3 times higher than the 768 px one.
+    rng = np.random.default_rng(0)
+    detail = Image.fromarray(rng.integers(0, 256, size=(288, 384, 3), dtype=np.uint8))
+    small = detail.filter(ImageFilter.GaussianBlur(2))
+    large = small.resize((768, 576), Image.Resampling.BICUBIC)
+
+    assert _predict(model, small)["sharpness"] == pytest.approx(_predict(model, large)["sharpness"], rel=0.2)
 
 
 def test_brightness_of_black_is_zero_and_of_white_is_one(model: PropertiesModel) -> None:
