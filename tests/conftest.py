@@ -66,6 +66,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
             "ATELIER_WORKER_MAX_RETRIES": "1",
             "ATELIER_WORKER_RETRY_BACKOFF_S": "0.2",
             "ATELIER_WORKER_VISIBILITY_TIMEOUT_S": "4",
+            "ATELIER_WORKER_RESTORE_INTERVAL_S": "1",
         }
         os.environ.update(env)
         _reload_settings()

@@ -27,7 +27,11 @@ def make_celery() -> Celery:
         accept_content=["json"],
         task_default_queue=orchestrator,
         task_routes={DISPATCH_JOB_TASK: {"queue": orchestrator}, FETCH_TASK: {"queue": orchestrator}},
-        broker_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": worker.visibility_timeout_s,
+            "unacked_restore_interval": worker.restore_interval_s,
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

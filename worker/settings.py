@@ -18,6 +18,8 @@ class WorkerSettings(BaseSettings):
     # unacked messages of a worker that died return to the queue after this long (Redis transport);
     # keep it above the longest task
     visibility_timeout_s: int = 3600
+    # how often an idle worker looks for such messages (kombu's default is ~100 s)
+    restore_interval_s: int = 10
     prefetch_multiplier: int = 1
 
 

@@ -65,6 +65,7 @@ class Server:
 
     def url(self, path: str) -> str:
         host = self.httpd.server_address[0]
+        assert isinstance(host, str)
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
 
 
@@ -234,7 +235,9 @@ def no_dns(host: str, port: int) -> list[str]:
     raise AssertionError(f"resolver called for {host!r}:{port}; this URL must be judged without DNS")
 
 
-def fetch_error(url: str, settings: FetchSettings, resolver: Callable[[str, int], list[str]] = no_dns) -> ItemError:
+def fetch_error(
+    url: str, settings: FetchSettings, resolver: Callable[[str, int], list[str]] = no_dns
+) -> ItemError:
     with pytest.raises(ItemError) as caught:
         fetch_url(url, settings, resolver=resolver)
     return caught.value
@@ -643,7 +646,10 @@ def test_https_sends_the_hostname_as_sni_and_verifies_the_certificate(tmp_path: 
 
     def handshake_once() -> None:
         connection, _ = listener.accept()
-        with connection, context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False) as tls:
+        with (
+            connection,
+            context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False) as tls,
+        ):
             try:
                 tls.do_handshake()
             except (ssl.SSLError, OSError):
