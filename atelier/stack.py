@@ -134,9 +134,8 @@ class Stack(AbstractContextManager["Stack"]):
         """Raise if a child died: a silent dead worker would leave jobs waiting forever."""
         for process in self._processes:
             if process.poll() is not None:
-                raise RuntimeError(
-                    f"{' '.join(map(str, process.args[2:]))} exited with {process.returncode}; see {self.home / 'logs'}"  # type: ignore[index]
-                )
+                command = " ".join(map(str, process.args[2:]))  # type: ignore[index]
+                raise RuntimeError(f"{command} exited with {process.returncode}; see {self.home / 'logs'}")
 
     def stop(self, grace_s: float = 10.0) -> None:
         for process in self._processes:

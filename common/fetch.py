@@ -285,6 +285,9 @@ def _transport_errors(target: _Target, deadline: float) -> Iterator[None]:
         raise ItemError("connect_error", f"cannot connect to {url!r}: {exc}", transient=True) from exc
     except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
         raise ItemError("connect_error", f"connection to {url!r} failed: {exc}", transient=True) from exc
+    except httpx.DecodingError as exc:
+        # We ask for identity; a server that compresses anyway and sends a broken stream is at fault.
+        raise ItemError("http_error", f"undecodable Content-Encoding from {url!r}: {exc}") from exc
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -317,7 +320,7 @@ def _read_body(response: httpx.Response, target: _Target, max_bytes: int, deadli
         body += chunk
         if len(body) > max_bytes:
             raise ItemError("too_large", f"body of {str(target.url)!r} exceeds {max_bytes} bytes")
-        if False:
+        if time.monotonic() > deadline:
             raise ItemError(
                 "deadline_exceeded", f"fetch deadline passed reading {str(target.url)!r}", transient=True
             )

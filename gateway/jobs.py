@@ -1,4 +1,4 @@
-"""Creating jobs and reading their state: plain functions over a session, shared by the HTTP API and the CLI."""
+"""Creating jobs and reading their state: functions over a session, shared by the HTTP API and the CLI."""
 
 from __future__ import annotations
 
@@ -164,12 +164,12 @@ def decode_cursor(cursor: str) -> uuid.UUID:
 
 def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
     image_ids = {i.image_id for i in items if i.image_id is not None}
-    shas = (
+    shas: dict[uuid.UUID, str] = (
         dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).tuples().all())
         if image_ids
         else {}
     )
-    records = (
+    records: dict[uuid.UUID, dict[str, Any]] = (
         dict(
             session.execute(
                 select(ImageRecord.image_id, ImageRecord.record).where(ImageRecord.image_id.in_(image_ids))

@@ -147,7 +147,9 @@ def test_every_bad_input_ends_failed_with_its_code(client: TestClient, stack: In
         f"http://127.0.0.1:{stack.silent_port}/never": "fetch_timeout",
         "not a url": "invalid_url",
     }
-    response = client.post("/v1/jobs", json={"items": [{"url": url} for url in cases], "models": ["properties"]})
+    response = client.post(
+        "/v1/jobs", json={"items": [{"url": url} for url in cases], "models": ["properties"]}
+    )
     assert response.status_code == 202, response.text
     created = response.json()
 
@@ -173,7 +175,11 @@ def test_api_refuses_bad_requests_with_the_field_named(client: TestClient) -> No
     assert client.get("/v1/images/00000000-0000-7000-8000-000000000000").status_code == 404
     assert client.get("/v1/images/not-a-uuid").status_code == 422
     assert client.get("/v1/images?cursor=@@@").status_code == 422
-    assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/jobs", "/v1/images", "/v1/images/{item_id}"}
+    assert client.get("/openapi.json").json()["paths"].keys() >= {
+        "/v1/jobs",
+        "/v1/images",
+        "/v1/images/{item_id}",
+    }
 
 
 def test_listing_pages_through_every_item_once(client: TestClient, stack: Infra) -> None:
@@ -185,7 +191,11 @@ def test_listing_pages_through_every_item_once(client: TestClient, stack: Infra)
     seen: list[str] = []
     cursor = None
     while True:
-        params: dict[str, Any] = {"job_id": created["job_id"], "limit": 3, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, Any] = {
+            "job_id": created["job_id"],
+            "limit": 3,
+            **({"cursor": cursor} if cursor else {}),
+        }
         page = client.get("/v1/images", params=params).json()
         seen += [item["id"] for item in page["items"]]
         cursor = page["next_cursor"]
@@ -194,7 +204,10 @@ def test_listing_pages_through_every_item_once(client: TestClient, stack: Infra)
     assert seen == [ref["id"] for ref in created["items"]]
     only = client.get("/v1/images", params={"external_id": "sku-3"}).json()["items"]
     assert [item["external_id"] for item in only] == ["sku-3"]
-    assert client.get("/v1/images", params={"status": "failed", "job_id": created["job_id"]}).json()["items"] == []
+    assert (
+        client.get("/v1/images", params={"status": "failed", "job_id": created["job_id"]}).json()["items"]
+        == []
+    )
 
 
 def test_readiness_reports_database_broker_and_services(client: TestClient) -> None:

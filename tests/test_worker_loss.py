@@ -50,13 +50,16 @@ def test_sigkilled_worker_leaves_exactly_one_result(infra: Infra, clean_db: Infr
     from gateway.app import app
 
     infra.images.routes["/slow.png"] = (200, {}, _slow_image())
-    with Stack(infra.home / "stack-loss", workers=(WorkerPlan(None, concurrency=4, pool="threads"),)) as stack:
+    with Stack(
+        infra.home / "stack-loss", workers=(WorkerPlan(None, concurrency=4, pool="threads"),)
+    ) as stack:
         victim = subprocess.Popen(worker_command(WorkerPlan("properties")))
         try:
             with TestClient(app) as client:
                 # given: the properties worker has started the analysis
                 created = client.post(
-                    "/v1/jobs", json={"items": [{"url": infra.images.url("/slow.png")}], "models": ["properties"]}
+                    "/v1/jobs",
+                    json={"items": [{"url": infra.images.url("/slow.png")}], "models": ["properties"]},
                 ).json()
                 query = select(ModelResult.started_at, ModelResult.status)
                 _wait_started(query)

@@ -12,11 +12,11 @@ import uuid
 from typing import Any
 
 from celery import Task, signals
-from common.fetch import fetch_url
-from common.images import decode_image, sniff_format
 
 from common.blobstore import blob_store, image_key, sha256_hex
 from common.errors import ItemError
+from common.fetch import fetch_url
+from common.images import decode_image, sniff_format
 from common.settings import get_settings
 from db.session import reset_engine, transaction
 from services.base import Availability, Model

@@ -9,5 +9,8 @@ from services.base import ServiceSpec
 SPEC = ServiceSpec(
     name="classifier",
     model_path="services.classifier.model:build",
-    description="VGG19 multi-head classifier (gender, masterCategory, subCategory, articleType) with a search embedding; TensorFlow/Keras, its own environment",
+    description=(
+        "VGG19 multi-head classifier (gender, masterCategory, subCategory, articleType) w"
+        "ith a search embedding; TensorFlow/Keras, its own environment"
+    ),
 )

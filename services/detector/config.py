@@ -9,5 +9,7 @@ from services.base import ServiceSpec
 SPEC = ServiceSpec(
     name="detector",
     model_path="services.detector.model:build",
-    description="Detectron2 Mask R-CNN on DeepFashion2: 13 garment categories with boxes and masks; torch environment",
+    description=(
+        "Detectron2 Mask R-CNN on DeepFashion2: 13 garment categories with boxes and masks; torch environment"
+    ),
 )

@@ -9,5 +9,8 @@ from services.base import ServiceSpec
 SPEC = ServiceSpec(
     name="segmenter",
     model_path="services.segmenter.model:build",
-    description="Attribute Mask R-CNN (Fashionpedia-style): per-garment masks, style attributes, cut-outs, body regions; torch environment",
+    description=(
+        "Attribute Mask R-CNN (Fashionpedia-style): per-garment masks, style attributes, "
+        "cut-outs, body regions; torch environment"
+    ),
 )

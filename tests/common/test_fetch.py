@@ -75,7 +75,7 @@ def start_server(host: str = "127.0.0.1") -> Server:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:  # http.server's naming
             self.close_connection = True  # one request per connection, like the fetcher's clients
             server.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
             respond = server.routes.get(self.path.split("?")[0])
@@ -381,6 +381,17 @@ def test_redirect_without_location_is_an_http_error(server: Server) -> None:
     assert (error.code, error.transient) == ("http_error", False)
 
 
+def test_broken_content_encoding_is_an_http_error(server: Server) -> None:
+    server.routes["/gzip"] = lambda handler: reply(
+        handler, 200, b"\x1f\x8b not really gzip", "image/jpeg", headers={"Content-Encoding": "gzip"}
+    )
+
+    error = fetch_error(server.url("/gzip"), settings_for(server))
+
+    assert (error.code, error.transient) == ("http_error", False)
+    assert "Content-Encoding" in error.detail
+
+
 # --- size ----------------------------------------------------------------------------------------------
 
 
@@ -488,22 +499,19 @@ def test_silent_server_times_out() -> None:
         port = silent.getsockname()[1]
 
         # when
-        started = time.monotonic()
         error = fetch_error(f"http://127.0.0.1:{port}/", make_settings(f"127.0.0.1:{port}"))
 
-    # then the read timeout (0.5 s) fires, well before the deadline (5 s)
+    # then the read timeout (0.5 s) fires, not the deadline (5 s): the codes tell them apart
     assert (error.code, error.transient) == ("fetch_timeout", True)
-    assert 0.4 < time.monotonic() - started < 3.0
 
 
 def test_slow_drip_is_stopped_by_the_deadline(server: Server) -> None:
     server.routes["/drip"] = slow_drip
 
-    started = time.monotonic()
     error = fetch_error(server.url("/drip"), settings_for(server, deadline_s=1.0))
 
+    # each chunk arrives within the read timeout, so only the total deadline can stop it
     assert (error.code, error.transient) == ("deadline_exceeded", True)
-    assert 0.9 < time.monotonic() - started < 2.5
 
 
 def test_refused_connection_is_transient() -> None:

@@ -61,7 +61,9 @@ def serve() -> Iterator[ImageServer]:
             path = self.path.split("?")[0]
             server_state.hits[path] = server_state.hits.get(path, 0) + 1
             route = server_state.routes.get(path)
-            status, headers, body = (route() if callable(route) else route) if route else (404, {}, b"not found")
+            status, headers, body = (
+                (route() if callable(route) else route) if route else (404, {}, b"not found")
+            )
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
