@@ -40,7 +40,8 @@ def test_upgrade_downgrade_upgrade(infra: Infra) -> None:
         assert "ix_embeddings_hnsw" in indexes
         method = conn.execute(
             text(
-                "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam WHERE c.relname = 'ix_embeddings_hnsw'"
+                "SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam"
+                " WHERE c.relname = 'ix_embeddings_hnsw'"
             )
         ).scalar_one()
         assert method == "hnsw"
