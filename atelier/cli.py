@@ -133,6 +133,11 @@ def analyze(
         sys.stdout.write(json.dumps([v.model_dump(mode="json") for v in views], indent=2) + "\n")
     else:
         Console().print(_table(views))
+        done = sum(v.status == "done" for v in views)
+        note = _skipped_note(views)
+        err.print(
+            f"{len(views)} images: {done} done, {len(views) - done} failed" + (f"\n{note}" if note else "")
+        )
     raise typer.Exit(0 if all(v.status == "done" for v in views) else 1)
 
 
@@ -164,8 +169,11 @@ def _run_job(stack: Stack, entries: list[str], models: list[str] | None, timeout
         session.commit()
     celery_app.send_task(DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=settings.queues.orchestrator)
     _wait(stack, created.job_id, len(created.items), timeout)
+    # the job holds the URLs first, then the files: print in the order the user gave them
+    url_refs, file_refs = iter(created.items[: len(urls)]), iter(created.items[len(urls) :])
+    ordered = [next(url_refs) if "://" in e else next(file_refs) for e in entries]
     with session_factory()() as session:
-        return [v for ref in created.items if (v := jobs.image_view(session, ref.id)) is not None]
+        return [v for ref in ordered if (v := jobs.image_view(session, ref.id)) is not None]
 
 
 def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
@@ -199,8 +207,8 @@ def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
 
 def _table(views: list[ImageView]) -> Table:
     table = Table(show_lines=False)
-    for column in ("input", "status", "size", "colours", "sharpness", "background", "models / error"):
-        table.add_column(column)
+    for column in ("input", "status", "size", "dominant colours", "sharpness", "background", "phash / error"):
+        table.add_column(column, overflow="fold")
     for v in views:
         props = (v.record or {}).get("properties") or {}
         colours = ", ".join(f"{c['name']} {c['share']:.0%}" for c in props.get("colours", [])[:3])
@@ -208,11 +216,16 @@ def _table(views: list[ImageView]) -> Table:
         background = props.get("background") or {}
         bg = ("plain " + background["colour"]) if background.get("plain") else ("busy" if background else "")
         sharp = f"{props['sharpness']:.0f}" if "sharpness" in props else ""
-        if v.error:
-            note = f"[red]{v.error.code}[/red]: {v.error.detail}"
-        else:
-            note = ", ".join(
-                f"{n}: {m.status}" + (f" ({m.reason})" if m.reason else "") for n, m in v.models.items()
-            )
-        table.add_row(v.url or v.filename or "", v.status, size, colours, sharp, bg, note)
+        last = f"[red]{v.error.code}[/red]: {v.error.detail}" if v.error else props.get("phash", "")
+        table.add_row(v.url or v.filename or "", v.status, size, colours, sharp, bg, last)
     return table
+
+
+def _skipped_note(views: list[ImageView]) -> str:
+    """Unavailable models are reported once, not on every row."""
+    reasons: dict[str, str] = {}
+    for v in views:
+        for name, state in v.models.items():
+            if state.status == "skipped":
+                reasons[name] = state.reason or "unavailable"
+    return "\n".join(f"skipped {name}: {reason}" for name, reason in sorted(reasons.items()))

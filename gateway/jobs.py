@@ -24,7 +24,7 @@ from common.schemas import (
     ModelState,
 )
 from db.models import Image, ImageRecord, Item, ItemStatus, Job, ModelResult, uuid7
-from services.registry import DEFAULT_MODELS
+from services.registry import DEFAULT_MODELS, SERVICES
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,9 @@ def _view(
             reason=r.error if r else None,
             inference_ms=r.inference_ms if r else None,
         )
+    models = dict(
+        sorted(models.items(), key=lambda kv: list(SERVICES).index(kv[0]) if kv[0] in SERVICES else 99)
+    )
     return ImageView(
         id=item.id,
         job_id=item.job_id,
