@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 import uuid
@@ -90,6 +91,8 @@ def up(
     from atelier.stack import Stack
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # SIGTERM (a supervisor, `kill`) stops the stack as cleanly as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     with Stack(home, gateway_port=port) as stack:
         err.print(
             f"Atelier is up: http://127.0.0.1:{port}/docs  (logs in {stack.home / 'logs'}); Ctrl-C stops it"
