@@ -127,9 +127,14 @@ def test_up_serves_the_api_until_terminated(home: Path, image_server: ImageServe
         record = httpx.get(f"{base}/v1/images/{created['items'][0]['id']}").json()
         assert record["status"] == "done"
         assert any(c["name"] == "Green" for c in record["record"]["properties"]["colours"])
+        children = psutil.Process(stack.pid).children(recursive=True)
+        assert len(children) >= 3  # the gateway and two workers at least
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(timeout=60)
+    assert stack.returncode == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
     leftovers = [
         p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])
     ]
