@@ -86,7 +86,7 @@ def _run_job(stack: Stack, urls: list[str]) -> dict[str, int]:
     with session_factory()() as session:
         view = jobs.job_view(session, created.job_id, items_limit=0)
     assert view is not None
-    return dict(view.counts)
+    return {str(state): count for state, count in view.counts.items()}
 
 
 def _wait_finished(stack: Stack, job_id: uuid.UUID) -> None:

@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,6 +28,9 @@ from tests.support.imageserver import serve
 
 DEFAULT_JSON = Path(__file__).with_name("results") / "pipeline.json"
 WARMUP_IMAGES = 10
+# numpy's OpenBLAS threads busy-wait between calls: how many there are changes the analysers' CPU a lot,
+# so the report names the setting every process of the run inherited
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,16 +86,22 @@ def _machine() -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES},
     }
 
 
 def format_report(result: dict[str, Any]) -> str:
-    return "\n".join([*_orchestration_lines(result), "", *_ingest_lines(result["ingest"])])
+    machine = result["machine"]
+    threads = ", ".join(f"{k}={v or 'unset'}" for k, v in machine["thread_variables"].items())
+    head = f"{machine['cpu_cores']} CPU cores, {machine['platform']}, Python {machine['python']}; {threads}"
+    lines = [head, "", *_orchestration_lines(result), "", *_ingest_lines(result["ingest"])]
+    return "\n".join(lines)
 
 
 def _orchestration_lines(result: dict[str, Any]) -> list[str]:
     a = result["orchestration"]
-    processes = ", ".join(f"{name} {ms:.1f}" for name, ms in a["pipeline_cpu_ms_per_image_by_process"].items())
+    by_process = a["pipeline_cpu_ms_per_image_by_process"]
+    processes = ", ".join(f"{name} {ms:.1f}" for name, ms in by_process.items())
     kept = "; ".join(
         f"{name} ({m['model_cpu_ms_per_image']:.0f} ms) {m['fraction']:.1%}"
         for name, m in a["kept_fraction_of_direct_throughput"].items()
@@ -124,10 +134,9 @@ def _orchestration_lines(result: dict[str, Any]) -> list[str]:
             f"{a['direct_decode_cpu_ms_per_image']:.1f} ms is inside the orchestration cost",
         ),
     ]
-    machine = result["machine"]
     title = (
-        f"(a) orchestration cost, properties analyser, {a['images']} images 512x512 JPEG, "
-        f"{machine['cpu_cores']} CPU cores (CPU ms per image; by process in the note)"
+        f"(a) orchestration cost, properties analyser, {a['images']} images 512x512 JPEG "
+        "(CPU ms per image; by process in the note)"
     )
     return [title, *_table(("", "value", "note"), rows)]
 
@@ -154,7 +163,7 @@ def _ingest_lines(phases: list[dict[str, Any]]) -> list[str]:
     return [title, *_table(header, rows)]
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     rule = "  ".join("-" * w for w in widths)

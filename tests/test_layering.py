@@ -1,0 +1,17 @@
+"""The gateway and the orchestrating worker never load a deep-learning framework."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_gateway_and_worker_import_without_tensorflow_or_torch() -> None:
+    code = (
+        "import sys, gateway.app, worker.tasks, atelier.cli\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'keras', 'torch', 'detectron2'})\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
