@@ -168,7 +168,7 @@ def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
     if not image_ids:
         return [_view(item, {}, {}, {}) for item in items]
     shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).all())
-    records = dict(
+    records: dict[uuid.UUID, dict[str, Any]] = dict(
         session.execute(
             select(ImageRecord.image_id, ImageRecord.record).where(ImageRecord.image_id.in_(image_ids))
         ).all()
