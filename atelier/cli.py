@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -68,6 +68,19 @@ def worker(
             "--without-gossip",
             "--without-mingle",
         ]
+    )
+
+
+@app.command()
+def reconcile(
+    older_than_s: Annotated[float, typer.Option(help="only work untouched for this long")] = 3600.0,
+) -> None:
+    """Publish again the jobs, fetches and analyses whose messages look lost (e.g. after a broker wipe)."""
+    from worker.tasks import republish_stale
+
+    stale = republish_stale(older_than_s)
+    err.print(
+        f"republished {len(stale.jobs)} jobs, {len(stale.items)} fetches, {len(stale.results)} analyses"
     )
 
 
@@ -214,7 +227,9 @@ def _table(views: list[ImageView]) -> Table:
         table.add_column(column, overflow="fold")
     for v in views:
         props = (v.record or {}).get("properties") or {}
-        colours = ", ".join(f"{c['name']} {c['share']:.0%}" for c in props.get("colours", [])[:3])
+        colours = ", ".join(
+            f"{name} {share:.0%}" for name, share in _named_shares(props.get("colours", []))[:3]
+        )
         size = f"{props['width']}×{props['height']}" if props else ""
         background = props.get("background") or {}
         bg = ("plain " + background["colour"]) if background.get("plain") else ("busy" if background else "")
@@ -222,6 +237,14 @@ def _table(views: list[ImageView]) -> Table:
         last = f"[red]{v.error.code}[/red]: {v.error.detail}" if v.error else props.get("phash", "")
         table.add_row(v.url or v.filename or "", v.status, size, colours, sharp, bg, last)
     return table
+
+
+def _named_shares(colours: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Clusters that share a palette name (two whites from JPEG noise) read as one colour to people."""
+    shares: dict[str, float] = {}
+    for colour in colours:
+        shares[colour["name"]] = shares.get(colour["name"], 0.0) + colour["share"]
+    return sorted(shares.items(), key=lambda kv: -kv[1])
 
 
 def _skipped_note(views: list[ImageView]) -> str:

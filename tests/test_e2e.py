@@ -217,3 +217,33 @@ def test_readiness_reports_database_broker_and_services(client: TestClient) -> N
     assert body["services"]["properties"]["available"] is True
     assert body["services"]["classifier"]["available"] is False
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_reconcile_republishes_work_whose_messages_were_lost(client: TestClient, stack: Infra) -> None:
+    from sqlalchemy import update
+
+    from common.schemas import ItemIn
+    from db.models import Job
+    from db.session import session_factory
+    from gateway import jobs
+    from worker.tasks import republish_stale
+
+    # given: one job never dispatched and one whose fetch messages vanished (committed, never published)
+    stack.images.routes["/lost.png"] = (200, {}, NAVY)
+    with session_factory()() as session:
+        never = jobs.create_job(
+            session, items=[ItemIn(url=stack.images.url("/lost.png"))], models=["properties"]
+        )
+        lost = jobs.create_job(
+            session, items=[ItemIn(url=stack.images.url("/lost.png"))], models=["properties"]
+        )
+        session.execute(update(Job).where(Job.id == lost.job_id).values(dispatched_at=func.now()))
+        session.commit()
+
+    # when
+    stale = republish_stale(older_than_s=0)
+
+    # then
+    assert (stale.jobs, stale.items) == ([never.job_id], [lost.items[0].id])
+    for created in (never, lost):
+        assert wait_for_job(client, str(created.job_id))["counts"]["done"] == 1

@@ -9,7 +9,8 @@ import sys
 def test_gateway_and_worker_import_without_tensorflow_or_torch() -> None:
     code = (
         "import sys, gateway.app, worker.tasks, atelier.cli\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'keras', 'torch', 'detectron2'})\n"
+        "frameworks = {'tensorflow', 'keras', 'torch', 'detectron2'}\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in frameworks)\n"
         "print(','.join(heavy))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

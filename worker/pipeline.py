@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import (
     TERMINAL_ITEM_STATES,
@@ -158,6 +159,14 @@ def attach_image(
 
 def claimed_pending(session: Session, item_id: uuid.UUID) -> list[AnalysisClaim]:
     """The analyses this item claimed that have not finished: what a (re)delivered fetch publishes."""
+    return _pending_claims(session, ModelResult.claimed_by_item == item_id)
+
+
+def pending_analysis(session: Session, result_id: uuid.UUID) -> AnalysisClaim | None:
+    return next(iter(_pending_claims(session, ModelResult.id == result_id)), None)
+
+
+def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[AnalysisClaim]:
     rows = session.execute(
         select(
             ModelResult.id,
@@ -167,7 +176,7 @@ def claimed_pending(session: Session, item_id: uuid.UUID) -> list[AnalysisClaim]
             ModelResult.model_version,
         )
         .join(Image, Image.id == ModelResult.image_id)
-        .where(ModelResult.claimed_by_item == item_id, ModelResult.status == ResultStatus.pending)
+        .where(condition, ModelResult.status == ResultStatus.pending)
     )
     return [AnalysisClaim(*row) for row in rows]
 
@@ -353,3 +362,41 @@ def upsert_image(session: Session, image: StoredImage) -> uuid.UUID:
     existing = session.scalar(select(Image.id).where(Image.sha256 == image.sha256))
     assert existing is not None
     return existing
+
+
+@dataclass(frozen=True)
+class StaleWork:
+    jobs: list[uuid.UUID]  # never dispatched
+    items: list[uuid.UUID]  # queued or fetching, untouched for too long
+    results: list[uuid.UUID]  # analyses pending for too long
+
+
+def stale_work(session: Session, older_than_s: float, limit: int = 10_000) -> StaleWork:
+    """Work whose messages may have been lost (a wiped broker, a publish that never happened).
+
+    Re-publishing is safe, since every task claims its row first and finished work is skipped; but
+    a long backlog also looks stale, so pick ``older_than_s`` well above the expected queue wait.
+    """
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
+    jobs = session.scalars(
+        select(Job.id).where(Job.dispatched_at.is_(None), Job.created_at < cutoff).limit(limit)
+    )
+    items = session.scalars(
+        select(Item.id)
+        .join(Job, Job.id == Item.job_id)
+        .where(
+            Job.dispatched_at.is_not(None),
+            Item.status.in_((ItemStatus.queued, ItemStatus.fetching)),
+            func.coalesce(Item.fetch_started_at, Job.dispatched_at) < cutoff,
+        )
+        .limit(limit)
+    )
+    results = session.scalars(
+        select(ModelResult.id)
+        .where(
+            ModelResult.status == ResultStatus.pending,
+            func.coalesce(ModelResult.started_at, ModelResult.queued_at) < cutoff,
+        )
+        .limit(limit)
+    )
+    return StaleWork(list(jobs), list(items), list(results))

@@ -179,3 +179,19 @@ def _run_model(claim: pipeline.AnalysisClaim) -> tuple[dict[str, Any], Any, floa
     started = time.perf_counter()
     [prediction] = model.predict([image])
     return prediction.output, prediction.embedding, (time.perf_counter() - started) * 1000.0
+
+
+def republish_stale(older_than_s: float) -> pipeline.StaleWork:
+    """Publish again the work whose messages look lost (``atelier reconcile``)."""
+    with transaction() as session:
+        stale = pipeline.stale_work(session, older_than_s)
+    queues = get_settings().queues
+    with app.producer_or_acquire() as producer:
+        for job_id in stale.jobs:
+            dispatch_job_task.apply_async((str(job_id),), producer=producer)
+        for item_id in stale.items:
+            fetch_task.apply_async((str(item_id),), producer=producer)
+    with transaction() as session:
+        for claim in filter(None, (pipeline.pending_analysis(session, r) for r in stale.results)):
+            analyse_task.apply_async((str(claim.result_id),), queue=get_spec(claim.model_name).queue(queues))
+    return stale
