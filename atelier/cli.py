@@ -150,7 +150,10 @@ def analyze(
     else:
         Console().print(_table(views))
         done = sum(v.status == "done" for v in views)
-        note = _skipped_note(views)
+        note = "\n".join(
+            [f"failed {v.url or v.filename}: {v.error.code}: {v.error.detail}" for v in views if v.error]
+            + ([_skipped_note(views)] if _skipped_note(views) else [])
+        )
         err.print(
             f"{len(views)} images: {done} done, {len(views) - done} failed" + (f"\n{note}" if note else "")
         )
@@ -223,7 +226,7 @@ def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
 
 def _table(views: list[ImageView]) -> Table:
     table = Table(show_lines=False)
-    for column in ("input", "status", "size", "dominant colours", "sharpness", "background", "phash / error"):
+    for column in ("input", "status", "size", "dominant colours", "sharpness", "background", "error"):
         table.add_column(column, overflow="fold")
     for v in views:
         props = (v.record or {}).get("properties") or {}
@@ -234,7 +237,7 @@ def _table(views: list[ImageView]) -> Table:
         background = props.get("background") or {}
         bg = ("plain " + background["colour"]) if background.get("plain") else ("busy" if background else "")
         sharp = f"{props['sharpness']:.0f}" if "sharpness" in props else ""
-        last = f"[red]{v.error.code}[/red]: {v.error.detail}" if v.error else props.get("phash", "")
+        last = f"[red]{v.error.code}[/red]" if v.error else ""
         table.add_row(v.url or v.filename or "", v.status, size, colours, sharp, bg, last)
     return table
 
