@@ -150,10 +150,10 @@ def analyze(
     else:
         Console().print(_table(views))
         done = sum(v.status == "done" for v in views)
-        note = "\n".join(
-            [f"failed {v.url or v.filename}: {v.error.code}: {v.error.detail}" for v in views if v.error]
-            + ([_skipped_note(views)] if _skipped_note(views) else [])
-        )
+        failures = [
+            f"failed {v.url or v.filename}: {v.error.code}: {v.error.detail}" for v in views if v.error
+        ]
+        note = "\n".join([*failures, *_skipped_notes(views)])
         err.print(
             f"{len(views)} images: {done} done, {len(views) - done} failed" + (f"\n{note}" if note else "")
         )
@@ -250,11 +250,11 @@ def _named_shares(colours: list[dict[str, Any]]) -> list[tuple[str, float]]:
     return sorted(shares.items(), key=lambda kv: -kv[1])
 
 
-def _skipped_note(views: list[ImageView]) -> str:
+def _skipped_notes(views: list[ImageView]) -> list[str]:
     """Unavailable models are reported once, not on every row."""
     reasons: dict[str, str] = {}
     for v in views:
         for name, state in v.models.items():
             if state.status == "skipped":
                 reasons[name] = state.reason or "unavailable"
-    return "\n".join(f"skipped {name}: {reason}" for name, reason in sorted(reasons.items()))
+    return [f"skipped {name}: {reason}" for name, reason in sorted(reasons.items())]
