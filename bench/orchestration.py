@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from atelier.stack import Stack
 from bench.cpu import MAIN_THREAD, OTHER_THREADS, CpuMeter, CpuSeconds, spent
@@ -40,6 +40,7 @@ class PipelineRun:
     images: int
     wall_s: float
     cpu_s: CpuSeconds  # per component; OTHER_THREADS is the in-process image server
+    predict_wall_ms: float  # mean wall time of predict() inside the properties worker
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,15 @@ def serve_images(server: ImageServer, images: Sequence[bytes]) -> list[str]:
 def run_pipeline(home: Path, warmup: list[str], urls: list[str], meter: CpuMeter) -> PipelineRun:
     """Start the default workers, run a warm-up job, then meter one job of ``urls``."""
     with Stack(home) as stack:
-        _check_done(_run_job(stack, warmup), len(warmup))
+        _check_done(*_run_job(stack, warmup), len(warmup))
         before, started = meter.snapshot(), time.perf_counter()
-        counts = _run_job(stack, urls)
+        job_id, counts = _run_job(stack, urls)
         wall_s, after = time.perf_counter() - started, meter.snapshot()
-    _check_done(counts, len(urls))
-    return PipelineRun(len(urls), wall_s, spent(before, after))
+    _check_done(job_id, counts, len(urls))
+    return PipelineRun(len(urls), wall_s, spent(before, after), _mean_predict_ms(job_id))
 
 
-def _run_job(stack: Stack, urls: list[str]) -> dict[str, int]:
+def _run_job(stack: Stack, urls: list[str]) -> tuple[uuid.UUID, dict[str, int]]:
     from common.schemas import ItemIn
     from gateway import jobs
     from worker.celery_app import DISPATCH_JOB_TASK
@@ -86,7 +87,7 @@ def _run_job(stack: Stack, urls: list[str]) -> dict[str, int]:
     with session_factory()() as session:
         view = jobs.job_view(session, created.job_id, items_limit=0)
     assert view is not None
-    return {str(state): count for state, count in view.counts.items()}
+    return created.job_id, {str(state): count for state, count in view.counts.items()}
 
 
 def _wait_finished(stack: Stack, job_id: uuid.UUID) -> None:
@@ -105,9 +106,22 @@ def _wait_finished(stack: Stack, job_id: uuid.UUID) -> None:
         time.sleep(POLL_S)
 
 
-def _check_done(counts: dict[str, int], expected: int) -> None:
+def _check_done(job_id: uuid.UUID, counts: dict[str, int], expected: int) -> None:
     if counts.get("done") != expected:
-        raise RuntimeError(f"expected {expected} items done, the job ended with {counts}")
+        raise RuntimeError(f"expected {expected} items of job {job_id} done, it ended with {counts}")
+
+
+def _mean_predict_ms(job_id: uuid.UUID) -> float:
+    from db.models import Item, ModelResult
+
+    query = (
+        select(func.avg(ModelResult.inference_ms))
+        .join(Item, Item.id == ModelResult.claimed_by_item)
+        .where(Item.job_id == job_id)
+    )
+    with session_factory()() as session:
+        mean = session.scalar(query)
+    return float("nan") if mean is None else float(mean)
 
 
 def run_direct(images: Sequence[bytes], warmup: Sequence[bytes]) -> DirectRun:
@@ -153,6 +167,11 @@ def summarise(pipeline: PipelineRun, direct: DirectRun) -> dict[str, Any]:
         "direct_images_per_s": direct.images / direct.wall_s,
         "pipeline_wall_s": pipeline.wall_s,
         "direct_wall_s": direct.wall_s,
+        # the properties worker is one solo process: its images run one after another, so the pipeline's
+        # wall time per image is that worker's time per image; predict() alone is what a model would take
+        "pipeline_wall_ms_per_image": 1000.0 * pipeline.wall_s / n,
+        "pipeline_predict_wall_ms_per_image": pipeline.predict_wall_ms,
+        "direct_wall_ms_per_image": 1000.0 * direct.wall_s / direct.images,
         "kept_fraction_of_direct_throughput": {
             name: {"model_cpu_ms_per_image": m, "fraction": m / (m + per_hop_ms)}
             for name, m in REFERENCE_MODELS_MS.items()

@@ -126,6 +126,13 @@ def _orchestration_lines(result: dict[str, Any]) -> list[str]:
             f"pipeline; direct {a['direct_images_per_s']:.1f} (1 thread), "
             f"ratio {a['pipeline_images_per_s'] / a['direct_images_per_s']:.2f}",
         ),
+        (
+            "wall per image",
+            f"{a['pipeline_wall_ms_per_image']:.0f} ms",
+            f"pipeline (one solo properties worker, serial), predict() inside it "
+            f"{a['pipeline_predict_wall_ms_per_image']:.0f} ms; direct decode+predict "
+            f"{a['direct_wall_ms_per_image']:.0f} ms",
+        ),
         ("kept throughput", "", kept),
         (
             "not counted",
