@@ -53,6 +53,10 @@ def worker(
 
     if service is not None:
         os.environ["ATELIER_WORKER_SERVICE"] = service
+    # One worker process per core is the unit of scale; BLAS thread pools inside it only spin
+    # (measured: the properties analyser used 2.4x the CPU for no gain in wall time). Set before numpy loads.
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     from worker.tasks import app as celery_app
 
     queues = get_settings().queues

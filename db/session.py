@@ -22,6 +22,7 @@ def get_engine(url: str | None = None) -> Engine:
     )
 
 
+@lru_cache
 def session_factory() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
 
@@ -38,3 +39,4 @@ def reset_engine() -> None:
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
     get_engine.cache_clear()
+    session_factory.cache_clear()

@@ -3,6 +3,10 @@
 queued → fetching → analysing → done | failed. Completion is recorded per (image, model, version) in
 ``model_results``; whoever finishes last for an image (under a row lock on the image) completes the
 items waiting on it, merges the record and counts the items off their job. No Celery chords.
+
+Lock order, the same in every transaction: image row, then item/result rows, then the job row.
+Statements run on the Core path (``session.connection()``): a hop costs a handful of statements,
+which is most of the orchestration cost per image (see bench/).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Executable, Row, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -60,53 +64,57 @@ class StoredImage:
     size_bytes: int
 
 
+def _run(session: Session, statement: Executable) -> Any:  # a Result; rows typed by their use
+    return session.connection().execute(statement)
+
+
 def queued_item_ids(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
-    rows = session.scalars(
-        select(Item.id).where(Item.job_id == job_id, Item.status == ItemStatus.queued).order_by(Item.position)
+    rows = _run(
+        session,
+        select(Item.id)
+        .where(Item.job_id == job_id, Item.status == ItemStatus.queued)
+        .order_by(Item.position),
     )
-    return list(rows)
+    return list(rows.scalars())
 
 
 def mark_dispatched(session: Session, job_id: uuid.UUID) -> None:
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.dispatched_at.is_(None)).values(dispatched_at=func.now())
+    _run(
+        session,
+        update(Job).where(Job.id == job_id, Job.dispatched_at.is_(None)).values(dispatched_at=func.now()),
     )
 
 
 def claim_fetch(session: Session, item_id: uuid.UUID) -> FetchClaim | None:
-    """Move a queued (or interrupted) item to fetching. Returns None for unknown or finished items."""
-    row = session.execute(
-        select(Item.status, Item.url, Item.upload_key, Job.models)
-        .join(Job, Job.id == Item.job_id)
-        .where(Item.id == item_id)
-        .with_for_update(of=Item)
-    ).one_or_none()
-    if row is None or row.status in TERMINAL_ITEM_STATES:
-        return None
-    if row.status in (ItemStatus.queued, ItemStatus.fetching):
-        session.execute(
-            update(Item)
-            .where(Item.id == item_id)
-            .values(
-                status=ItemStatus.fetching,
-                attempts=Item.attempts + 1,
-                fetch_started_at=func.coalesce(Item.fetch_started_at, func.now()),
-            )
+    """Move a queued (or interrupted) item to fetching; an item already analysing is reported as such
+    (a redelivered fetch republishes its analyses). None for unknown or finished items."""
+    models = select(Job.models).where(Job.id == Item.job_id).scalar_subquery()
+    row = _run(
+        session,
+        update(Item)
+        .where(Item.id == item_id, Item.status.in_((ItemStatus.queued, ItemStatus.fetching)))
+        .values(
+            status=ItemStatus.fetching,
+            attempts=Item.attempts + 1,
+            fetch_started_at=func.coalesce(Item.fetch_started_at, func.now()),
         )
-        status = ItemStatus.fetching
-    else:
-        status = row.status
-    return FetchClaim(item_id, status, row.url, row.upload_key, list(row.models))
+        .returning(Item.url, Item.upload_key, models),
+    ).one_or_none()
+    if row is not None:
+        return FetchClaim(item_id, ItemStatus.fetching, row[0], row[1], list(row[2]))
+    status = _run(session, select(Item.status).where(Item.id == item_id)).scalar_one_or_none()
+    return FetchClaim(item_id, status, None, None, []) if status == ItemStatus.analysing else None
 
 
 def fail_item(session: Session, item_id: uuid.UUID, code: str, detail: str) -> bool:
     """End an item as failed with its reason. False if it had already ended (a redelivery)."""
-    job_id = session.scalar(
+    job_id = _run(
+        session,
         update(Item)
         .where(Item.id == item_id, Item.status.not_in(TERMINAL_ITEM_STATES))
         .values(status=ItemStatus.failed, error_code=code, error_detail=detail[:2000], finished_at=func.now())
-        .returning(Item.job_id)
-    )
+        .returning(Item.job_id),
+    ).scalar_one_or_none()
     if job_id is None:
         return False
     _count_off(session, {job_id: 1})
@@ -124,37 +132,58 @@ def attach_image(
 
     Returns the analyses this item must publish: only the rows it created, so the same bytes
     submitted twice are analysed once per model version. Items whose every model already has a
-    result complete here. Call ``upsert_image`` in a transaction of its own first.
+    result complete here.
     """
-    image_id = _lock_image(session, image)
-    expected = {m: availability[m].version for m in models if availability[m].available}
+    image_row = _upsert_and_lock_image(session, image)
+    expected = {m: a.version for m in models if (a := availability[m]).available and a.version is not None}
     skipped = {m: {"reason": availability[m].reason} for m in models if not availability[m].available}
-    session.execute(
+    attached = _run(
+        session,
         update(Item)
-        .where(Item.id == item_id)
+        .where(Item.id == item_id, Item.status == ItemStatus.fetching)
         .values(
             status=ItemStatus.analysing,
-            image_id=image_id,
+            image_id=image_row.id,
             expected=expected,
             skipped=skipped,
             fetched_at=func.now(),
         )
-    )
-    for model, version in expected.items():
-        session.execute(
-            insert(ModelResult)
-            .values(
-                id=uuid7(),
-                image_id=image_id,
-                model_name=model,
-                model_version=version,
-                status=ResultStatus.pending,
-                claimed_by_item=item_id,
-            )
-            .on_conflict_do_nothing(constraint="uq_model_result")
+        .returning(Item.id),
+    ).first()
+    if attached is None:
+        return []  # a concurrent delivery of the same fetch attached it first
+    claims = _claim_results(session, item_id, image_row.id, image.blob_key, expected)
+    if len(claims) < len(expected) or not expected:
+        # some results already exist (the same bytes came before): this item may be complete now
+        _finalize(session, image_row)
+    return claims
+
+
+def _claim_results(
+    session: Session, item_id: uuid.UUID, image_id: uuid.UUID, blob_key: str, expected: Mapping[str, str]
+) -> list[AnalysisClaim]:
+    if not expected:
+        return []
+    rows = _run(
+        session,
+        insert(ModelResult)
+        .values(
+            [
+                {
+                    "id": uuid7(),
+                    "image_id": image_id,
+                    "model_name": model,
+                    "model_version": version,
+                    "status": ResultStatus.pending,
+                    "claimed_by_item": item_id,
+                }
+                for model, version in expected.items()
+            ]
         )
-    finalize_image(session, image_id)
-    return claimed_pending(session, item_id)
+        .on_conflict_do_nothing(constraint="uq_model_result")
+        .returning(ModelResult.id, ModelResult.model_name, ModelResult.model_version),
+    )
+    return [AnalysisClaim(r.id, image_id, blob_key, r.model_name, r.model_version) for r in rows]
 
 
 def claimed_pending(session: Session, item_id: uuid.UUID) -> list[AnalysisClaim]:
@@ -167,7 +196,8 @@ def pending_analysis(session: Session, result_id: uuid.UUID) -> AnalysisClaim | 
 
 
 def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[AnalysisClaim]:
-    rows = session.execute(
+    rows = _run(
+        session,
         select(
             ModelResult.id,
             ModelResult.image_id,
@@ -176,29 +206,26 @@ def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[An
             ModelResult.model_version,
         )
         .join(Image, Image.id == ModelResult.image_id)
-        .where(condition, ModelResult.status == ResultStatus.pending)
+        .where(condition, ModelResult.status == ResultStatus.pending),
     )
     return [AnalysisClaim(*row) for row in rows]
 
 
-def claim_analysis(session: Session, result_id: uuid.UUID) -> AnalysisClaim | None:
+def claim_analysis(session: Session, result_id: uuid.UUID, blob_key: str) -> AnalysisClaim | None:
     """Start (or restart, after a lost worker) one model's analysis. None when already finished."""
-    row = session.execute(
+    row = _run(
+        session,
         update(ModelResult)
         .where(ModelResult.id == result_id, ModelResult.status == ResultStatus.pending)
         .values(attempts=ModelResult.attempts + 1, started_at=func.now())
-        .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version)
+        .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version),
     ).one_or_none()
-    if row is None:
-        return None
-    blob_key = session.scalar(select(Image.blob_key).where(Image.id == row.image_id))
-    assert blob_key is not None
-    return AnalysisClaim(result_id, row.image_id, blob_key, row.model_name, row.model_version)
+    return None if row is None else AnalysisClaim(result_id, row[0], blob_key, row[1], row[2])
 
 
 def complete_analysis(
     session: Session,
-    result_id: uuid.UUID,
+    claim: AnalysisClaim,
     *,
     output: dict[str, Any] | None,
     error: str | None = None,
@@ -210,13 +237,11 @@ def complete_analysis(
 
     Idempotent: only a pending row is written, so a redelivered task changes nothing.
     """
-    image_id = session.scalar(select(ModelResult.image_id).where(ModelResult.id == result_id))
-    if image_id is None:
-        return False
-    _lock_image_id(session, image_id)
-    row = session.execute(
+    image_row = _lock_image(session, claim.image_id)
+    written = _run(
+        session,
         update(ModelResult)
-        .where(ModelResult.id == result_id, ModelResult.status == ResultStatus.pending)
+        .where(ModelResult.id == claim.result_id, ModelResult.status == ResultStatus.pending)
         .values(
             status=ResultStatus.failed if error else ResultStatus.done,
             output=output,
@@ -225,67 +250,105 @@ def complete_analysis(
             inference_ms=inference_ms,
             finished_at=func.now(),
         )
-        .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version)
-    ).one_or_none()
-    if row is None:
+        .returning(ModelResult.id),
+    ).first()
+    if written is None:
         return False
     if embedding is not None and error is None:
-        session.execute(
+        _run(
+            session,
             insert(Embedding)
             .values(
-                image_id=row.image_id,
-                model_name=row.model_name,
-                model_version=row.model_version,
+                image_id=claim.image_id,
+                model_name=claim.model_name,
+                model_version=claim.model_version,
                 embedding=list(embedding),
             )
-            .on_conflict_do_nothing()
+            .on_conflict_do_nothing(),
         )
-    finalize_image(session, row.image_id)
+    _finalize(session, image_row)
     return True
 
 
 def finalize_image(session: Session, image_id: uuid.UUID) -> None:
-    """Complete the items of an image whose expected results are all in.
+    """Complete whatever an image's results allow (used after repairs; the hot path calls ``_finalize``)."""
+    _finalize(session, _lock_image(session, image_id))
 
-    The caller holds the image's row lock (``_lock_image_id``), taken first in every transaction
-    that changes an image's items or results: one lock order, no deadlocks, and the last finisher
-    sees every other finisher's committed result.
+
+def _finalize(session: Session, image: Row[Any]) -> None:
+    """Complete the items of a locked image whose expected results are all in.
+
+    Every writer of an image's results holds the image's row lock, so the last finisher sees every
+    other finisher's committed result.
     """
-    image = session.scalars(select(Image).where(Image.id == image_id)).one()
-    results = {
-        (r.model_name, r.model_version): r
-        for r in session.scalars(
-            select(ModelResult)
-            .where(ModelResult.image_id == image_id)
-            .execution_options(populate_existing=True)
-        )
-    }
-    waiting = session.scalars(
-        select(Item).where(Item.image_id == image_id, Item.status == ItemStatus.analysing).with_for_update()
+    results = _run(
+        session,
+        select(
+            ModelResult.model_name,
+            ModelResult.model_version,
+            ModelResult.status,
+            ModelResult.output,
+            ModelResult.error,
+            ModelResult.finished_at,
+        ).where(ModelResult.image_id == image.id),
     ).all()
-    finished: dict[uuid.UUID, int] = {}
-    for item in waiting:
-        mine = [results.get((m, v)) for m, v in item.expected.items()]
+    by_key = {(r.model_name, r.model_version): r for r in results}
+    waiting = _run(
+        session,
+        select(Item.id, Item.expected).where(Item.image_id == image.id, Item.status == ItemStatus.analysing),
+    ).all()
+    done: list[uuid.UUID] = []
+    failed: dict[uuid.UUID, str] = {}
+    for item_id, expected in waiting:
+        mine = [by_key.get((m, v)) for m, v in expected.items()]
         if any(r is None or r.status == ResultStatus.pending for r in mine):
             continue
-        failed = [r for r in mine if r is not None and r.status == ResultStatus.failed]
-        item.status = ItemStatus.failed if failed else ItemStatus.done
-        if failed:
-            item.error_code = "analysis_failed"
-            item.error_detail = "; ".join(f"{r.model_name} {r.model_version}: {r.error}" for r in failed)[
-                :2000
-            ]
-        item.analysed_at = item.finished_at = func.now()
-        finished[item.job_id] = finished.get(item.job_id, 0) + 1
-    if not any(r.status == ResultStatus.pending for r in results.values()):
-        _merge_record(session, image, results.values())
-    session.flush()
+        errors = [
+            f"{r.model_name} {r.model_version}: {r.error}"
+            for r in mine
+            if r and r.status == ResultStatus.failed
+        ]
+        if errors:
+            failed[item_id] = "; ".join(errors)[:2000]
+        else:
+            done.append(item_id)
+    finished = _finish_items(session, done, failed)
+    if not any(r.status == ResultStatus.pending for r in results):
+        _merge_record(session, image, results)
     _count_off(session, finished)
 
 
-def _merge_record(session: Session, image: Image, results: Iterable[ModelResult]) -> None:
+def _finish_items(
+    session: Session, done: list[uuid.UUID], failed: Mapping[uuid.UUID, str]
+) -> dict[uuid.UUID, int]:
+    """Mark items terminal (only those still analysing) and count them per job."""
+    job_ids: list[uuid.UUID] = []
+    terminal = {"analysed_at": func.now(), "finished_at": func.now()}
+    if done:
+        job_ids += _run(
+            session,
+            update(Item)
+            .where(Item.id.in_(done), Item.status == ItemStatus.analysing)
+            .values(status=ItemStatus.done, **terminal)
+            .returning(Item.job_id),
+        ).scalars()
+    for item_id, detail in failed.items():
+        job_ids += _run(
+            session,
+            update(Item)
+            .where(Item.id == item_id, Item.status == ItemStatus.analysing)
+            .values(status=ItemStatus.failed, error_code="analysis_failed", error_detail=detail, **terminal)
+            .returning(Item.job_id),
+        ).scalars()
+    counts: dict[uuid.UUID, int] = {}
+    for job_id in job_ids:
+        counts[job_id] = counts.get(job_id, 0) + 1
+    return counts
+
+
+def _merge_record(session: Session, image: Row[Any], results: Iterable[Row[Any]]) -> None:
     """One record per image: the newest finished version of each model, side by side."""
-    newest: dict[str, ModelResult] = {}
+    newest: dict[str, Row[Any]] = {}
     for result in results:
         if result.status != ResultStatus.done:
             continue
@@ -305,19 +368,21 @@ def _merge_record(session: Session, image: Image, results: Iterable[ModelResult]
         **{name: r.output for name, r in sorted(newest.items())},
     }
     versions = {name: r.model_version for name, r in newest.items()}
-    session.execute(
+    _run(
+        session,
         insert(ImageRecord)
         .values(image_id=image.id, record=record, model_versions=versions)
         .on_conflict_do_update(
             index_elements=[ImageRecord.image_id],
             set_={"record": record, "model_versions": versions, "updated_at": func.now()},
-        )
+        ),
     )
 
 
 def _count_off(session: Session, finished: Mapping[uuid.UUID, int]) -> None:
     for job_id, count in finished.items():
-        session.execute(
+        _run(
+            session,
             update(Job)
             .where(Job.id == job_id)
             .values(
@@ -326,42 +391,38 @@ def _count_off(session: Session, finished: Mapping[uuid.UUID, int]) -> None:
                     (Job.pending_items - count <= 0, func.coalesce(Job.finished_at, func.now())),
                     else_=Job.finished_at,
                 ),
-            )
+            ),
         )
 
 
-def _lock_image_id(session: Session, image_id: uuid.UUID) -> None:
-    session.execute(select(Image.id).where(Image.id == image_id).with_for_update())
+_IMAGE_COLUMNS = (Image.id, Image.sha256, Image.width, Image.height, Image.format)
 
 
-def _lock_image(session: Session, image: StoredImage) -> uuid.UUID:
-    image_id = session.scalar(select(Image.id).where(Image.sha256 == image.sha256).with_for_update())
-    if image_id is None:
-        raise LookupError(f"image {image.sha256} is not recorded; call upsert_image first")
-    return image_id
+def _lock_image(session: Session, image_id: uuid.UUID) -> Row[Any]:
+    return _run(session, select(*_IMAGE_COLUMNS).where(Image.id == image_id).with_for_update()).one()
 
 
-def upsert_image(session: Session, image: StoredImage) -> uuid.UUID:
-    """Record an image once per sha256 (its own short transaction, before any lock is taken)."""
-    inserted = session.scalar(
-        insert(Image)
-        .values(
-            id=uuid7(),
-            sha256=image.sha256,
-            blob_key=image.blob_key,
-            format=image.format,
-            width=image.width,
-            height=image.height,
-            size_bytes=image.size_bytes,
-        )
-        .on_conflict_do_nothing(index_elements=[Image.sha256])
-        .returning(Image.id)
+def _upsert_and_lock_image(session: Session, image: StoredImage) -> Row[Any]:
+    """Record an image once per sha256 and hold its row lock, in one statement.
+
+    ``ON CONFLICT DO UPDATE`` (a no-op update) locks an existing row where ``DO NOTHING`` would not;
+    as the first statement of its transaction it waits for a concurrent inserter while holding nothing.
+    """
+    statement = insert(Image).values(
+        id=uuid7(),
+        sha256=image.sha256,
+        blob_key=image.blob_key,
+        format=image.format,
+        width=image.width,
+        height=image.height,
+        size_bytes=image.size_bytes,
     )
-    if inserted is not None:
-        return inserted
-    existing = session.scalar(select(Image.id).where(Image.sha256 == image.sha256))
-    assert existing is not None
-    return existing
+    return _run(
+        session,
+        statement.on_conflict_do_update(
+            index_elements=[Image.sha256], set_={"sha256": statement.excluded.sha256}
+        ).returning(*_IMAGE_COLUMNS),
+    ).one()
 
 
 @dataclass(frozen=True)

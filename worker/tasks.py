@@ -94,8 +94,6 @@ def fetch_task(self: Task, item_id: str) -> None:
         stored = _fetch_and_store(claim)
         availability = {name: _availability(name) for name in claim.models}
         with transaction() as session:
-            pipeline.upsert_image(session, stored)
-        with transaction() as session:
             claims = pipeline.attach_image(session, item, stored, claim.models, availability)
         _publish(claims)
     except ItemError as err:
@@ -142,21 +140,23 @@ def _availability(name: str) -> Availability:
 def _publish(claims: list[pipeline.AnalysisClaim]) -> None:
     queues = get_settings().queues
     for claim in claims:
-        analyse_task.apply_async((str(claim.result_id),), queue=get_spec(claim.model_name).queue(queues))
+        analyse_task.apply_async(
+            (str(claim.result_id), claim.blob_key), queue=get_spec(claim.model_name).queue(queues)
+        )
 
 
 @app.task(name=ANALYSE_TASK, bind=True)
-def analyse_task(self: Task, result_id: str) -> None:
+def analyse_task(self: Task, result_id: str, blob_key: str) -> None:
     result = uuid.UUID(result_id)
     with transaction() as session:
-        claim = pipeline.claim_analysis(session, result)
+        claim = pipeline.claim_analysis(session, result, blob_key)
     if claim is None:
         return  # already finished: a redelivery changes nothing
     try:
         output, embedding, ms = _run_model(claim)
         with transaction() as session:
             pipeline.complete_analysis(
-                session, result, output=output, embedding=embedding, batch_size=1, inference_ms=ms
+                session, claim, output=output, embedding=embedding, batch_size=1, inference_ms=ms
             )
     except Exception as exc:
         if _may_retry(self):
@@ -164,7 +164,7 @@ def analyse_task(self: Task, result_id: str) -> None:
             raise self.retry(countdown=_backoff(self.request.retries), exc=exc) from exc
         log.exception("analysis %s (%s) failed for good", result, claim.model_name)
         with transaction() as session:
-            pipeline.complete_analysis(session, result, output=None, error=repr(exc))
+            pipeline.complete_analysis(session, claim, output=None, error=repr(exc))
 
 
 def _run_model(claim: pipeline.AnalysisClaim) -> tuple[dict[str, Any], Any, float]:
@@ -185,13 +185,12 @@ def republish_stale(older_than_s: float) -> pipeline.StaleWork:
     """Publish again the work whose messages look lost (``atelier reconcile``)."""
     with transaction() as session:
         stale = pipeline.stale_work(session, older_than_s)
-    queues = get_settings().queues
     with app.producer_or_acquire() as producer:
         for job_id in stale.jobs:
             dispatch_job_task.apply_async((str(job_id),), producer=producer)
         for item_id in stale.items:
             fetch_task.apply_async((str(item_id),), producer=producer)
     with transaction() as session:
-        for claim in filter(None, (pipeline.pending_analysis(session, r) for r in stale.results)):
-            analyse_task.apply_async((str(claim.result_id),), queue=get_spec(claim.model_name).queue(queues))
+        claims = [c for c in (pipeline.pending_analysis(session, r) for r in stale.results) if c is not None]
+    _publish(claims)
     return stale

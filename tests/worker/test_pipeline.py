@@ -22,17 +22,15 @@ def _attach(
 ) -> list[pipeline.AnalysisClaim]:
     image = stored_image(seed)
     with transaction() as session:
-        pipeline.upsert_image(session, image)
-    with transaction() as session:
         assert pipeline.claim_fetch(session, item_id) is not None
         return pipeline.attach_image(session, item_id, image, list(availability), availability)
 
 
 def _complete(claim: pipeline.AnalysisClaim, error: str | None = None) -> bool:
     with transaction() as session:
-        pipeline.claim_analysis(session, claim.result_id)  # None on a redelivery; completing must cope
+        pipeline.claim_analysis(session, claim.result_id, claim.blob_key)  # None on a redelivery
         return pipeline.complete_analysis(
-            session, claim.result_id, output=None if error else {"model": claim.model_name}, error=error
+            session, claim, output=None if error else {"model": claim.model_name}, error=error
         )
 
 
@@ -72,7 +70,7 @@ def test_a_redelivered_result_changes_nothing(clean_db: Infra) -> None:
 
     assert not _complete(claim)  # the second delivery finds the row done
     with transaction() as session:
-        assert pipeline.claim_analysis(session, claim.result_id) is None
+        assert pipeline.claim_analysis(session, claim.result_id, claim.blob_key) is None
         assert session.get_one(ModelResult, claim.result_id).finished_at == before
         assert session.scalars(select(Job)).one().pending_items == 0
 
