@@ -12,17 +12,17 @@ which is most of the orchestration cost per image (see bench/).
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Executable, Row, case, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Executable, Row, bindparam, case, func, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import (
-    TERMINAL_ITEM_STATES,
     Embedding,
     Image,
     ImageRecord,
@@ -64,8 +64,148 @@ class StoredImage:
     size_bytes: int
 
 
-def _run(session: Session, statement: Executable) -> Any:  # a Result; rows typed by their use
-    return session.connection().execute(statement)
+def _run(session: Session, statement: Executable, params: Any = None) -> Any:  # a Result
+    return session.connection().execute(statement, params)
+
+
+# The hot-path statements are built once: constructing a statement costs several times more CPU than
+# executing the cached, compiled form (measured: 2.3 ms against 0.8 ms for the fetch claim).
+_TERMINAL = (ItemStatus.done, ItemStatus.failed)
+_NOW = func.now()
+_CLAIM_FETCH = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status.in_((ItemStatus.queued, ItemStatus.fetching)))
+    .values(
+        status=ItemStatus.fetching,
+        attempts=Item.attempts + 1,
+        fetch_started_at=func.coalesce(Item.fetch_started_at, _NOW),
+    )
+    .returning(Item.url, Item.upload_key, select(Job.models).where(Job.id == Item.job_id).scalar_subquery())
+)
+_ITEM_STATUS = select(Item.status).where(Item.id == bindparam("item_id"))
+_FAIL_ITEM = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status.not_in(_TERMINAL))
+    .values(
+        status=ItemStatus.failed,
+        error_code=bindparam("code"),
+        error_detail=bindparam("detail"),
+        finished_at=_NOW,
+    )
+    .returning(Item.job_id)
+)
+_IMAGE_COLUMNS = (Image.id, Image.sha256, Image.width, Image.height, Image.format)
+_NEW_IMAGE = insert(Image).values(
+    id=bindparam("id"),
+    sha256=bindparam("sha256"),
+    blob_key=bindparam("blob_key"),
+    format=bindparam("format"),
+    width=bindparam("width"),
+    height=bindparam("height"),
+    size_bytes=bindparam("size_bytes"),
+)
+# ON CONFLICT DO UPDATE (a no-op update) locks an existing row where DO NOTHING would not; as the first
+# statement of its transaction it waits for a concurrent inserter of the same bytes while holding nothing
+_UPSERT_AND_LOCK_IMAGE = _NEW_IMAGE.on_conflict_do_update(
+    index_elements=[Image.sha256], set_={"sha256": _NEW_IMAGE.excluded.sha256}
+).returning(*_IMAGE_COLUMNS)
+_LOCK_IMAGE = select(*_IMAGE_COLUMNS).where(Image.id == bindparam("image_id")).with_for_update()
+_ATTACH_ITEM = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status == ItemStatus.fetching)
+    .values(
+        status=ItemStatus.analysing,
+        image_id=bindparam("image_id"),
+        expected=bindparam("expected", type_=JSONB),
+        skipped=bindparam("skipped", type_=JSONB),
+        fetched_at=_NOW,
+    )
+    .returning(Item.id)
+)
+_CLAIM_RESULT = (
+    insert(ModelResult)
+    .values(
+        id=bindparam("id"),
+        image_id=bindparam("image_id"),
+        model_name=bindparam("model_name"),
+        model_version=bindparam("model_version"),
+        status=ResultStatus.pending,
+        claimed_by_item=bindparam("item_id"),
+    )
+    .on_conflict_do_nothing(constraint="uq_model_result")
+    .returning(ModelResult.id, ModelResult.model_name, ModelResult.model_version)
+)
+_START_ANALYSIS = (
+    update(ModelResult)
+    .where(ModelResult.id == bindparam("result_id"), ModelResult.status == ResultStatus.pending)
+    .values(attempts=ModelResult.attempts + 1, started_at=_NOW)
+    .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version)
+)
+_WRITE_RESULT = (
+    update(ModelResult)
+    .where(ModelResult.id == bindparam("result_id"), ModelResult.status == ResultStatus.pending)
+    .values(
+        status=bindparam("status"),
+        output=bindparam("output", type_=JSONB),
+        error=bindparam("error"),
+        batch_size=bindparam("batch_size"),
+        inference_ms=bindparam("inference_ms"),
+        finished_at=_NOW,
+    )
+    .returning(ModelResult.id)
+)
+_IMAGE_RESULTS = select(
+    ModelResult.model_name,
+    ModelResult.model_version,
+    ModelResult.status,
+    ModelResult.output,
+    ModelResult.error,
+    ModelResult.finished_at,
+).where(ModelResult.image_id == bindparam("image_id"))
+_WAITING_ITEMS = select(Item.id, Item.expected).where(
+    Item.image_id == bindparam("image_id"), Item.status == ItemStatus.analysing
+)
+_FINISH_ITEMS = (
+    update(Item)
+    .where(Item.id.in_(bindparam("item_ids", expanding=True)), Item.status == ItemStatus.analysing)
+    .values(status=ItemStatus.done, analysed_at=_NOW, finished_at=_NOW)
+    .returning(Item.job_id)
+)
+_FAIL_ANALYSED_ITEM = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status == ItemStatus.analysing)
+    .values(
+        status=ItemStatus.failed,
+        error_code="analysis_failed",
+        error_detail=bindparam("detail"),
+        analysed_at=_NOW,
+        finished_at=_NOW,
+    )
+    .returning(Item.job_id)
+)
+_NEW_RECORD = insert(ImageRecord).values(
+    image_id=bindparam("image_id"),
+    record=bindparam("record", type_=JSONB),
+    model_versions=bindparam("versions", type_=JSONB),
+)
+_UPSERT_RECORD = _NEW_RECORD.on_conflict_do_update(
+    index_elements=[ImageRecord.image_id],
+    set_={
+        "record": _NEW_RECORD.excluded.record,
+        "model_versions": _NEW_RECORD.excluded.model_versions,
+        "updated_at": _NOW,
+    },
+)
+_remaining = Job.pending_items - bindparam("count")
+_COUNT_OFF = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"))
+    .values(
+        pending_items=_remaining,
+        # the update that counts off the last item stamps the job finished
+        finished_at=case((_remaining <= 0, func.coalesce(Job.finished_at, _NOW)), else_=Job.finished_at),
+    )
+)
 
 
 def queued_item_ids(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
@@ -79,42 +219,23 @@ def queued_item_ids(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
 
 
 def mark_dispatched(session: Session, job_id: uuid.UUID) -> None:
-    _run(
-        session,
-        update(Job).where(Job.id == job_id, Job.dispatched_at.is_(None)).values(dispatched_at=func.now()),
-    )
+    _run(session, update(Job).where(Job.id == job_id, Job.dispatched_at.is_(None)).values(dispatched_at=_NOW))
 
 
 def claim_fetch(session: Session, item_id: uuid.UUID) -> FetchClaim | None:
     """Move a queued (or interrupted) item to fetching; an item already analysing is reported as such
     (a redelivered fetch republishes its analyses). None for unknown or finished items."""
-    models = select(Job.models).where(Job.id == Item.job_id).scalar_subquery()
-    row = _run(
-        session,
-        update(Item)
-        .where(Item.id == item_id, Item.status.in_((ItemStatus.queued, ItemStatus.fetching)))
-        .values(
-            status=ItemStatus.fetching,
-            attempts=Item.attempts + 1,
-            fetch_started_at=func.coalesce(Item.fetch_started_at, func.now()),
-        )
-        .returning(Item.url, Item.upload_key, models),
-    ).one_or_none()
+    row = _run(session, _CLAIM_FETCH, {"item_id": item_id}).one_or_none()
     if row is not None:
         return FetchClaim(item_id, ItemStatus.fetching, row[0], row[1], list(row[2]))
-    status = _run(session, select(Item.status).where(Item.id == item_id)).scalar_one_or_none()
+    status = _run(session, _ITEM_STATUS, {"item_id": item_id}).scalar_one_or_none()
     return FetchClaim(item_id, status, None, None, []) if status == ItemStatus.analysing else None
 
 
 def fail_item(session: Session, item_id: uuid.UUID, code: str, detail: str) -> bool:
     """End an item as failed with its reason. False if it had already ended (a redelivery)."""
-    job_id = _run(
-        session,
-        update(Item)
-        .where(Item.id == item_id, Item.status.not_in(TERMINAL_ITEM_STATES))
-        .values(status=ItemStatus.failed, error_code=code, error_detail=detail[:2000], finished_at=func.now())
-        .returning(Item.job_id),
-    ).scalar_one_or_none()
+    params = {"item_id": item_id, "code": code, "detail": detail[:2000]}
+    job_id = _run(session, _FAIL_ITEM, params).scalar_one_or_none()
     if job_id is None:
         return False
     _count_off(session, {job_id: 1})
@@ -134,56 +255,35 @@ def attach_image(
     submitted twice are analysed once per model version. Items whose every model already has a
     result complete here.
     """
-    image_row = _upsert_and_lock_image(session, image)
+    image_row = _run(session, _UPSERT_AND_LOCK_IMAGE, {"id": uuid7(), **vars(image)}).one()
     expected = {m: a.version for m in models if (a := availability[m]).available and a.version is not None}
     skipped = {m: {"reason": availability[m].reason} for m in models if not availability[m].available}
     attached = _run(
         session,
-        update(Item)
-        .where(Item.id == item_id, Item.status == ItemStatus.fetching)
-        .values(
-            status=ItemStatus.analysing,
-            image_id=image_row.id,
-            expected=expected,
-            skipped=skipped,
-            fetched_at=func.now(),
-        )
-        .returning(Item.id),
+        _ATTACH_ITEM,
+        {"item_id": item_id, "image_id": image_row.id, "expected": expected, "skipped": skipped},
     ).first()
     if attached is None:
         return []  # a concurrent delivery of the same fetch attached it first
-    claims = _claim_results(session, item_id, image_row.id, image.blob_key, expected)
+    claims = [
+        AnalysisClaim(row.id, image_row.id, image.blob_key, row.model_name, row.model_version)
+        for model, version in expected.items()
+        for row in _run(
+            session,
+            _CLAIM_RESULT,
+            {
+                "id": uuid7(),
+                "image_id": image_row.id,
+                "model_name": model,
+                "model_version": version,
+                "item_id": item_id,
+            },
+        )
+    ]
     if len(claims) < len(expected) or not expected:
         # some results already exist (the same bytes came before): this item may be complete now
         _finalize(session, image_row)
     return claims
-
-
-def _claim_results(
-    session: Session, item_id: uuid.UUID, image_id: uuid.UUID, blob_key: str, expected: Mapping[str, str]
-) -> list[AnalysisClaim]:
-    if not expected:
-        return []
-    rows = _run(
-        session,
-        insert(ModelResult)
-        .values(
-            [
-                {
-                    "id": uuid7(),
-                    "image_id": image_id,
-                    "model_name": model,
-                    "model_version": version,
-                    "status": ResultStatus.pending,
-                    "claimed_by_item": item_id,
-                }
-                for model, version in expected.items()
-            ]
-        )
-        .on_conflict_do_nothing(constraint="uq_model_result")
-        .returning(ModelResult.id, ModelResult.model_name, ModelResult.model_version),
-    )
-    return [AnalysisClaim(r.id, image_id, blob_key, r.model_name, r.model_version) for r in rows]
 
 
 def claimed_pending(session: Session, item_id: uuid.UUID) -> list[AnalysisClaim]:
@@ -213,13 +313,7 @@ def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[An
 
 def claim_analysis(session: Session, result_id: uuid.UUID, blob_key: str) -> AnalysisClaim | None:
     """Start (or restart, after a lost worker) one model's analysis. None when already finished."""
-    row = _run(
-        session,
-        update(ModelResult)
-        .where(ModelResult.id == result_id, ModelResult.status == ResultStatus.pending)
-        .values(attempts=ModelResult.attempts + 1, started_at=func.now())
-        .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version),
-    ).one_or_none()
+    row = _run(session, _START_ANALYSIS, {"result_id": result_id}).one_or_none()
     return None if row is None else AnalysisClaim(result_id, row[0], blob_key, row[1], row[2])
 
 
@@ -237,22 +331,16 @@ def complete_analysis(
 
     Idempotent: only a pending row is written, so a redelivered task changes nothing.
     """
-    image_row = _lock_image(session, claim.image_id)
-    written = _run(
-        session,
-        update(ModelResult)
-        .where(ModelResult.id == claim.result_id, ModelResult.status == ResultStatus.pending)
-        .values(
-            status=ResultStatus.failed if error else ResultStatus.done,
-            output=output,
-            error=error,
-            batch_size=batch_size,
-            inference_ms=inference_ms,
-            finished_at=func.now(),
-        )
-        .returning(ModelResult.id),
-    ).first()
-    if written is None:
+    image_row = _run(session, _LOCK_IMAGE, {"image_id": claim.image_id}).one()
+    params = {
+        "result_id": claim.result_id,
+        "status": ResultStatus.failed if error else ResultStatus.done,
+        "output": output,
+        "error": error,
+        "batch_size": batch_size,
+        "inference_ms": inference_ms,
+    }
+    if _run(session, _WRITE_RESULT, params).first() is None:
         return False
     if embedding is not None and error is None:
         _run(
@@ -271,8 +359,8 @@ def complete_analysis(
 
 
 def finalize_image(session: Session, image_id: uuid.UUID) -> None:
-    """Complete whatever an image's results allow (used after repairs; the hot path calls ``_finalize``)."""
-    _finalize(session, _lock_image(session, image_id))
+    """Complete whatever an image's results allow (for repairs; the hot path calls ``_finalize``)."""
+    _finalize(session, _run(session, _LOCK_IMAGE, {"image_id": image_id}).one())
 
 
 def _finalize(session: Session, image: Row[Any]) -> None:
@@ -281,69 +369,29 @@ def _finalize(session: Session, image: Row[Any]) -> None:
     Every writer of an image's results holds the image's row lock, so the last finisher sees every
     other finisher's committed result.
     """
-    results = _run(
-        session,
-        select(
-            ModelResult.model_name,
-            ModelResult.model_version,
-            ModelResult.status,
-            ModelResult.output,
-            ModelResult.error,
-            ModelResult.finished_at,
-        ).where(ModelResult.image_id == image.id),
-    ).all()
+    results = _run(session, _IMAGE_RESULTS, {"image_id": image.id}).all()
     by_key = {(r.model_name, r.model_version): r for r in results}
-    waiting = _run(
-        session,
-        select(Item.id, Item.expected).where(Item.image_id == image.id, Item.status == ItemStatus.analysing),
-    ).all()
     done: list[uuid.UUID] = []
     failed: dict[uuid.UUID, str] = {}
-    for item_id, expected in waiting:
-        mine = [by_key.get((m, v)) for m, v in expected.items()]
-        if any(r is None or r.status == ResultStatus.pending for r in mine):
+    for item_id, expected in _run(session, _WAITING_ITEMS, {"image_id": image.id}):
+        if any(
+            by_key.get(key) is None or by_key[key].status == ResultStatus.pending for key in expected.items()
+        ):
             continue
+        mine = [by_key[key] for key in expected.items()]
         errors = [
-            f"{r.model_name} {r.model_version}: {r.error}"
-            for r in mine
-            if r and r.status == ResultStatus.failed
+            f"{r.model_name} {r.model_version}: {r.error}" for r in mine if r.status == ResultStatus.failed
         ]
         if errors:
             failed[item_id] = "; ".join(errors)[:2000]
         else:
             done.append(item_id)
-    finished = _finish_items(session, done, failed)
+    job_ids = list(_run(session, _FINISH_ITEMS, {"item_ids": done}).scalars()) if done else []
+    for item_id, detail in failed.items():
+        job_ids += _run(session, _FAIL_ANALYSED_ITEM, {"item_id": item_id, "detail": detail}).scalars()
     if not any(r.status == ResultStatus.pending for r in results):
         _merge_record(session, image, results)
-    _count_off(session, finished)
-
-
-def _finish_items(
-    session: Session, done: list[uuid.UUID], failed: Mapping[uuid.UUID, str]
-) -> dict[uuid.UUID, int]:
-    """Mark items terminal (only those still analysing) and count them per job."""
-    job_ids: list[uuid.UUID] = []
-    terminal = {"analysed_at": func.now(), "finished_at": func.now()}
-    if done:
-        job_ids += _run(
-            session,
-            update(Item)
-            .where(Item.id.in_(done), Item.status == ItemStatus.analysing)
-            .values(status=ItemStatus.done, **terminal)
-            .returning(Item.job_id),
-        ).scalars()
-    for item_id, detail in failed.items():
-        job_ids += _run(
-            session,
-            update(Item)
-            .where(Item.id == item_id, Item.status == ItemStatus.analysing)
-            .values(status=ItemStatus.failed, error_code="analysis_failed", error_detail=detail, **terminal)
-            .returning(Item.job_id),
-        ).scalars()
-    counts: dict[uuid.UUID, int] = {}
-    for job_id in job_ids:
-        counts[job_id] = counts.get(job_id, 0) + 1
-    return counts
+    _count_off(session, Counter(job_ids))
 
 
 def _merge_record(session: Session, image: Row[Any], results: Iterable[Row[Any]]) -> None:
@@ -368,61 +416,12 @@ def _merge_record(session: Session, image: Row[Any], results: Iterable[Row[Any]]
         **{name: r.output for name, r in sorted(newest.items())},
     }
     versions = {name: r.model_version for name, r in newest.items()}
-    _run(
-        session,
-        insert(ImageRecord)
-        .values(image_id=image.id, record=record, model_versions=versions)
-        .on_conflict_do_update(
-            index_elements=[ImageRecord.image_id],
-            set_={"record": record, "model_versions": versions, "updated_at": func.now()},
-        ),
-    )
+    _run(session, _UPSERT_RECORD, {"image_id": image.id, "record": record, "versions": versions})
 
 
 def _count_off(session: Session, finished: Mapping[uuid.UUID, int]) -> None:
     for job_id, count in finished.items():
-        _run(
-            session,
-            update(Job)
-            .where(Job.id == job_id)
-            .values(
-                pending_items=Job.pending_items - count,
-                finished_at=case(
-                    (Job.pending_items - count <= 0, func.coalesce(Job.finished_at, func.now())),
-                    else_=Job.finished_at,
-                ),
-            ),
-        )
-
-
-_IMAGE_COLUMNS = (Image.id, Image.sha256, Image.width, Image.height, Image.format)
-
-
-def _lock_image(session: Session, image_id: uuid.UUID) -> Row[Any]:
-    return _run(session, select(*_IMAGE_COLUMNS).where(Image.id == image_id).with_for_update()).one()
-
-
-def _upsert_and_lock_image(session: Session, image: StoredImage) -> Row[Any]:
-    """Record an image once per sha256 and hold its row lock, in one statement.
-
-    ``ON CONFLICT DO UPDATE`` (a no-op update) locks an existing row where ``DO NOTHING`` would not;
-    as the first statement of its transaction it waits for a concurrent inserter while holding nothing.
-    """
-    statement = insert(Image).values(
-        id=uuid7(),
-        sha256=image.sha256,
-        blob_key=image.blob_key,
-        format=image.format,
-        width=image.width,
-        height=image.height,
-        size_bytes=image.size_bytes,
-    )
-    return _run(
-        session,
-        statement.on_conflict_do_update(
-            index_elements=[Image.sha256], set_={"sha256": statement.excluded.sha256}
-        ).returning(*_IMAGE_COLUMNS),
-    ).one()
+        _run(session, _COUNT_OFF, {"job_id": job_id, "count": count})
 
 
 @dataclass(frozen=True)
