@@ -43,7 +43,7 @@ def worker(
     ] = None,
     concurrency: int = 1,
     pool: str = "solo",
-    loglevel: str = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help="default: ATELIER_LOG_LEVEL")] = None,
 ) -> None:
     """Run a Celery worker on the orchestrator queue or on one model service's queue."""
     import os
@@ -68,7 +68,7 @@ def worker(
             f"--concurrency={concurrency}",
             f"--pool={pool}",
             f"--hostname={service or 'orchestrator'}-{uuid.uuid4().hex[:6]}@%h",
-            f"--loglevel={loglevel}",
+            f"--loglevel={loglevel or get_settings().log_level}",
             "--without-gossip",
             "--without-mingle",
         ]
@@ -93,10 +93,17 @@ def gateway(host: str | None = None, port: int | None = None, workers: int = 1) 
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    from common.settings import get_settings
     from gateway.settings import get_gateway_settings
 
     settings = get_gateway_settings()
-    uvicorn.run("gateway.app:app", host=host or settings.host, port=port or settings.port, workers=workers)
+    uvicorn.run(
+        "gateway.app:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level=get_settings().log_level.lower(),
+    )
 
 
 @app.command()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "password"}
+PLACEHOLDER_SECRETS = frozenset({"atelier", "change-me", "changeme", "secret", "password", "postgres"})
 
 
 class FetchSettings(BaseModel):
@@ -52,10 +53,11 @@ class CoreSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_credentials(self) -> CoreSettings:
-        if self.environment != "development" and ":atelier@" in self.database_url:
+        password = urlsplit(self.database_url).password
+        if self.environment != "development" and password is not None and password in PLACEHOLDER_SECRETS:
             raise ValueError(
-                f"refusing to start in {self.environment!r} with the placeholder database password; "
-                "set ATELIER_DATABASE_URL"
+                f"refusing to start in {self.environment!r} with the placeholder database password "
+                f"{password!r}; set a real one in ATELIER_DATABASE_URL"
             )
         return self
 

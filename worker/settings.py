@@ -16,8 +16,8 @@ class WorkerSettings(BaseSettings):
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
     # unacked messages of a worker that died return to the queue after this long (Redis transport);
-    # keep it above the longest task
-    visibility_timeout_s: int = 3600
+    # keep it above the longest task (one image per task: seconds), below what users will wait
+    visibility_timeout_s: int = 900
     # how often an idle worker looks for such messages (kombu's default is ~100 s)
     restore_interval_s: int = 10
     prefetch_multiplier: int = 1
