@@ -57,8 +57,17 @@ def worker(
     # (measured: the properties analyser used 2.4x the CPU for no gain in wall time). Set before numpy loads.
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
+    from common.errors import ArtifactError
     from worker.tasks import app as celery_app
+    from worker.tasks import served_model
 
+    if service is not None:
+        # load before consuming: a missing artifact or framework stops the worker here, loudly
+        try:
+            served_model()
+        except ArtifactError as exc:
+            err.print(f"[red]{exc}[/red]", soft_wrap=True)
+            raise typer.Exit(3) from exc
     queues = get_settings().queues
     queue = get_spec(service).queue(queues) if service else queues.orchestrator
     celery_app.worker_main(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.errors import ArtifactError
+
 if TYPE_CHECKING:  # the gateway reads specs without Pillow installed
     from PIL import Image
 
@@ -80,6 +82,10 @@ class ServiceSpec:
         return Availability(True, version_dir.name)
 
     def build(self, repository: Path) -> Model:
+        """Import and construct the model; refuses at once when its artifact is not there."""
+        availability = self.availability(repository)
+        if not availability.available:
+            raise ArtifactError(f"cannot serve {self.name}: {availability.reason}")
         module_name, _, attr = self.model_path.partition(":")
         factory: Callable[[ServiceSpec, Path], Model] = getattr(importlib.import_module(module_name), attr)
         return factory(self, repository)

@@ -30,20 +30,13 @@ log = logging.getLogger(__name__)
 _loaded: dict[str, Model] = {}
 
 
-@signals.worker_init.connect
-def _load_served_model(**_: Any) -> None:
-    """A model worker loads its model once, at startup, and fails loudly if it cannot."""
-    name = get_worker_settings().service
-    if name:
-        served_model()
-
-
 @signals.worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     reset_engine()
 
 
 def served_model() -> Model:
+    """The model this worker serves, loaded once (``atelier worker`` loads it before consuming)."""
     name = get_worker_settings().service
     if not name:
         raise RuntimeError("this worker serves no model service; set ATELIER_WORKER_SERVICE")
