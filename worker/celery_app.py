@@ -21,7 +21,8 @@ def make_celery() -> Celery:
         # redelivered; every write is an idempotent upsert, so the redelivery changes nothing twice
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=worker.prefetch_multiplier,
+        # a model worker must be able to hold a whole micro-batch unacknowledged
+        worker_prefetch_multiplier=max(worker.prefetch_multiplier, worker.max_batch if worker.service else 1),
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],

@@ -52,6 +52,7 @@ class AnalysisClaim:
     blob_key: str
     model_name: str
     model_version: str
+    attempts: int = 0  # deliveries so far, this one included: the retry budget of a batched task
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ _START_ANALYSIS = (
     update(ModelResult)
     .where(ModelResult.id == bindparam("result_id"), ModelResult.status == ResultStatus.pending)
     .values(attempts=ModelResult.attempts + 1, started_at=_NOW)
-    .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version)
+    .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version, ModelResult.attempts)
 )
 _WRITE_RESULT = (
     update(ModelResult)
@@ -314,7 +315,7 @@ def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[An
 def claim_analysis(session: Session, result_id: uuid.UUID, blob_key: str) -> AnalysisClaim | None:
     """Start (or restart, after a lost worker) one model's analysis. None when already finished."""
     row = _run(session, _START_ANALYSIS, {"result_id": result_id}).one_or_none()
-    return None if row is None else AnalysisClaim(result_id, row[0], blob_key, row[1], row[2])
+    return None if row is None else AnalysisClaim(result_id, row[0], blob_key, row[1], row[2], row[3])
 
 
 def complete_analysis(

@@ -21,6 +21,10 @@ class WorkerSettings(BaseSettings):
     # how often an idle worker looks for such messages (kombu's default is ~100 s)
     restore_interval_s: int = 10
     prefetch_multiplier: int = 1
+    # model workers micro-batch: up to max_batch analyses, or whatever arrived within max_wait_ms,
+    # go through one predict() call
+    max_batch: int = 8
+    max_wait_ms: float = 20.0
 
 
 @lru_cache

@@ -12,6 +12,8 @@ import uuid
 from typing import Any
 
 from celery import Task, signals
+from celery_batches import Batches, SimpleRequest
+from PIL import Image
 
 from common.blobstore import blob_store, image_key, sha256_hex
 from common.errors import ItemError
@@ -19,7 +21,7 @@ from common.fetch import fetch_url
 from common.images import decode_image, sniff_format
 from common.settings import get_settings
 from db.session import reset_engine, transaction
-from services.base import Availability, Model
+from services.base import Availability, Model, Prediction
 from services.registry import get_spec
 from worker import pipeline
 from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
@@ -138,40 +140,97 @@ def _publish(claims: list[pipeline.AnalysisClaim]) -> None:
         )
 
 
-@app.task(name=ANALYSE_TASK, bind=True)
-def analyse_task(self: Task, result_id: str, blob_key: str) -> None:
-    result = uuid.UUID(result_id)
+@app.task(
+    name=ANALYSE_TASK,
+    base=Batches,
+    flush_every=get_worker_settings().max_batch,
+    flush_interval=get_worker_settings().max_wait_ms / 1000.0,
+)
+def analyse_task(requests: list[SimpleRequest]) -> None:
+    """Analyse a micro-batch: claim each result, one ``predict`` for all, then write each result.
+
+    Messages are acknowledged after the batch returns (``acks_late``), so a worker killed mid-batch
+    leaves them to be redelivered; each result is written in its own transaction (one lock order).
+    """
     with transaction() as session:
-        claim = pipeline.claim_analysis(session, result, blob_key)
-    if claim is None:
-        return  # already finished: a redelivery changes nothing
-    try:
-        output, embedding, ms = _run_model(claim)
+        started = [pipeline.claim_analysis(session, uuid.UUID(r.args[0]), r.args[1]) for r in requests]
+    claims = list({c.result_id: c for c in started if c is not None}.values())  # finished ones are skipped
+    if not claims:
+        return
+    for claim, outcome in zip(claims, _predict_isolating_failures(claims), strict=True):
+        if isinstance(outcome, Exception):
+            _retry_or_fail_analysis(claim, outcome)
+            continue
+        prediction, ms = outcome
         with transaction() as session:
             pipeline.complete_analysis(
-                session, claim, output=output, embedding=embedding, batch_size=1, inference_ms=ms
+                session,
+                claim,
+                output=prediction.output,
+                embedding=prediction.embedding,
+                batch_size=len(claims),
+                inference_ms=ms,
             )
-    except Exception as exc:
-        if _may_retry(self):
-            log.warning("analysis %s (%s) failed, retrying: %r", result, claim.model_name, exc)
-            raise self.retry(countdown=_backoff(self.request.retries), exc=exc) from exc
-        log.exception("analysis %s (%s) failed for good", result, claim.model_name)
-        with transaction() as session:
-            pipeline.complete_analysis(session, claim, output=None, error=repr(exc))
 
 
-def _run_model(claim: pipeline.AnalysisClaim) -> tuple[dict[str, Any], Any, float]:
+def _predict_isolating_failures(
+    claims: list[pipeline.AnalysisClaim],
+) -> list[tuple[Prediction, float] | Exception]:
+    """One batched forward pass; when it fails, each image alone, so one bad input fails only itself.
+
+    The milliseconds are each image's share of the forward pass that produced its prediction.
+    """
     model = served_model()
+    settings = get_settings()
+    store = blob_store(settings.blob_dir)
+    images: list[Image.Image | Exception] = []
+    for claim in claims:
+        try:
+            _check_served(model, claim)
+            images.append(decode_image(store.get(claim.blob_key), settings.fetch.max_pixels))
+        except Exception as exc:
+            images.append(exc)
+    ready = [image for image in images if not isinstance(image, Exception)]
+    try:
+        started = time.perf_counter()
+        predictions = iter(model.predict(ready)) if ready else iter(())
+        share = (time.perf_counter() - started) * 1000.0 / max(len(ready), 1)
+        return [image if isinstance(image, Exception) else (next(predictions), share) for image in images]
+    except Exception:
+        log.warning("batched predict of %d images failed; predicting one by one", len(ready), exc_info=True)
+    return [image if isinstance(image, Exception) else _predict_one(model, image) for image in images]
+
+
+def _predict_one(model: Model, image: Image.Image) -> tuple[Prediction, float] | Exception:
+    try:
+        started = time.perf_counter()
+        [prediction] = model.predict([image])
+        return prediction, (time.perf_counter() - started) * 1000.0
+    except Exception as exc:
+        return exc
+
+
+def _check_served(model: Model, claim: pipeline.AnalysisClaim) -> None:
     if (model.name, model.version) != (claim.model_name, claim.model_version):
         raise RuntimeError(
             f"this worker serves {model.name} {model.version}, "
             f"the task asks for {claim.model_name} {claim.model_version}"
         )
-    settings = get_settings()
-    image = decode_image(blob_store(settings.blob_dir).get(claim.blob_key), settings.fetch.max_pixels)
-    started = time.perf_counter()
-    [prediction] = model.predict([image])
-    return prediction.output, prediction.embedding, (time.perf_counter() - started) * 1000.0
+
+
+def _retry_or_fail_analysis(claim: pipeline.AnalysisClaim, exc: Exception) -> None:
+    """A failed analysis goes back to its queue with backoff until its deliveries run out."""
+    retries = claim.attempts - 1
+    if retries < get_worker_settings().max_retries:
+        log.warning("analysis %s (%s) failed, retrying: %r", claim.result_id, claim.model_name, exc)
+        queue = get_spec(claim.model_name).queue(get_settings().queues)
+        analyse_task.apply_async(
+            (str(claim.result_id), claim.blob_key), queue=queue, countdown=_backoff(retries)
+        )
+        return
+    log.error("analysis %s (%s) failed for good: %r", claim.result_id, claim.model_name, exc)
+    with transaction() as session:
+        pipeline.complete_analysis(session, claim, output=None, error=repr(exc))
 
 
 def republish_stale(older_than_s: float) -> pipeline.StaleWork:
