@@ -75,7 +75,7 @@ class LoadReport:
 
     rows_read: int = 0
     rows_kept: int = 0
-    # reason -> count; reasons: malformed, duplicate_id, missing_label:<head>, missing_image, rare_class:<head>
+    # reason -> count: malformed, duplicate_id, missing_label:<head>, missing_image, rare_class:<head>
     dropped: Counter[str] = field(default_factory=Counter)
     repaired_commas: int = 0
     mapped_to_other: dict[str, int] = field(default_factory=dict)
