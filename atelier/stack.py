@@ -23,14 +23,52 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """One worker process: the orchestrator (``service=None``) or one model service's queue."""
+    """One worker process: the orchestrator (``service=None``) or one model service's queue.
+
+    ``python`` is the interpreter of the service's own environment (TensorFlow and torch never share one).
+    """
 
     service: str | None
     concurrency: int = 1
     pool: str = "solo"
+    python: str = sys.executable
 
 
 DEFAULT_WORKERS = (WorkerPlan(None, concurrency=8, pool="threads"), WorkerPlan("properties"))
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_workers(repository: Path) -> tuple[WorkerPlan, ...]:
+    """Workers for the model services whose artifact is present and whose environment is installed."""
+    from services.registry import SERVICES
+
+    plans = []
+    for name, spec in SERVICES.items():
+        if spec.builtin_version is not None or not spec.availability(repository).available:
+            continue
+        python = service_python(name)
+        if python is None:
+            log.warning(
+                "%s has a model artifact but no environment (.venv-%s); its jobs will wait", name, name
+            )
+            continue
+        plans.append(WorkerPlan(name, python=python))
+    return tuple(plans)
+
+
+def service_python(name: str) -> str | None:
+    """``ATELIER_<NAME>_PYTHON``, else ``.venv-<name>/bin/python`` beside the project, else this
+    interpreter when the service's framework is installed here."""
+    configured = os.environ.get(f"ATELIER_{name.upper()}_PYTHON")
+    if configured:
+        return configured
+    candidate = PROJECT_ROOT / f".venv-{name}" / "bin" / "python"
+    if candidate.exists():
+        return str(candidate)
+    import importlib.util
+
+    framework = {"classifier": "tensorflow"}.get(name, "torch")
+    return sys.executable if importlib.util.find_spec(framework) is not None else None
 
 
 def start_postgres(data_dir: Path, database: str = "atelier") -> tuple[Any, str]:
@@ -65,7 +103,7 @@ def start_redis(data_dir: Path) -> tuple[Any, str]:
 def worker_command(plan: WorkerPlan) -> list[str]:
     """The command that starts a worker; the Dockerfiles use the same ``atelier worker`` entry point."""
     command = [
-        sys.executable,
+        plan.python,
         "-m",
         "atelier",
         "worker",
@@ -82,8 +120,9 @@ class Stack(AbstractContextManager["Stack"]):
     applies the migrations, starts the workers; stops everything it started on exit."""
 
     def __init__(
-        self, home: Path, workers: tuple[WorkerPlan, ...] = DEFAULT_WORKERS, gateway_port: int | None = None
+        self, home: Path, workers: tuple[WorkerPlan, ...] | None = None, gateway_port: int | None = None
     ):
+        """``workers=None``: the orchestrator, ``properties``, and each model service able to serve."""
         self.home = home.resolve()
         self.workers = workers
         self.gateway_port = gateway_port
@@ -122,7 +161,10 @@ class Stack(AbstractContextManager["Stack"]):
         upgrade()
         logs = self.home / "logs"
         logs.mkdir(exist_ok=True)
-        for plan in self.workers:
+        workers = self.workers
+        if workers is None:
+            workers = DEFAULT_WORKERS + model_workers(get_settings().model_repository)
+        for plan in workers:
             self._spawn(worker_command(plan), logs / f"worker-{plan.service or 'orchestrator'}.log")
         if self.gateway_port is not None:
             self._spawn(

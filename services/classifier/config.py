@@ -1,8 +1,17 @@
-"""The classifier service as the pipeline sees it, without importing its framework.
+"""The classifier service as the pipeline sees it, and its settings, without importing TensorFlow.
 
-Available once a model version exists in the model repository (``<repo>/classifier/<version>/manifest.json``);
-until then every job records classifier as skipped with that reason.
+Available once a model version exists in the model repository (``<repo>/classifier/<version>/``);
+until then every job records the classifier as skipped with that reason.
 """
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.base import ServiceSpec
 
@@ -10,7 +19,53 @@ SPEC = ServiceSpec(
     name="classifier",
     model_path="services.classifier.model:build",
     description=(
-        "VGG19 multi-head classifier (gender, masterCategory, subCategory, articleType) w"
-        "ith a search embedding; TensorFlow/Keras, its own environment"
+        "VGG19 multi-head classifier (Fashion Product Images attributes) with a search embedding; "
+        "TensorFlow/Keras, its own environment"
     ),
 )
+
+FASHION_HEADS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+
+
+class ClassifierSettings(BaseSettings):
+    """``ATELIER_CLASSIFIER_*``: how the classifier is served."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_CLASSIFIER_", extra="ignore")
+
+    top_k: int = 3
+    # fraction of a garment box added on each side before cropping (detector crops)
+    crop_margin: float = 0.1
+    # where Keras keeps downloaded weights (the zoo's cache); Keras' own default when None
+    keras_cache_dir: Path | None = None
+    # the classifier environment's interpreter, for the embedded stack (TensorFlow lives there)
+    python: Path | None = None
+
+
+@lru_cache
+def get_classifier_settings() -> ClassifierSettings:
+    return ClassifierSettings()
+
+
+class TrainConfig(BaseModel):
+    """What ``atelier classifier train`` does; stored in the manifest of the version it writes."""
+
+    heads: list[str] = Field(default_factory=lambda: list(FASHION_HEADS))
+    input_size: tuple[int, int] = (224, 224)  # height, width
+    embedding_dim: int = 512
+    pooling: Literal["avg", "flatten"] = "avg"
+    weights: Literal["imagenet"] | None = "imagenet"
+    dropout: float = 0.3
+    min_images_per_class: int = 500
+    rare: Literal["other", "drop"] = "other"
+    key_head: str = "articleType"  # the split is stratified on it
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    batch_size: int = 32
+    head_epochs: int = 10
+    head_lr: float = 1e-3
+    finetune_blocks: int = 2  # the last N VGG blocks are trained in stage 2
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-5
+    patience: int = 3
+    augment: bool = True
+    class_weighting: bool = True

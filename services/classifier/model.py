@@ -1,0 +1,185 @@
+"""The multi-head VGG19: one forward pass answers every head and gives the search embedding.
+
+Network: VGG19 convolutional backbone → pooling → a shared dense layer (the embedding, L2-normalised on
+its own output) → one softmax head per attribute. The head layout and labels come from the artifact's
+manifest, never from constants here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from common.errors import ArtifactError
+from db.models import EMBEDDING_DIM
+from services.base import Model, Prediction, ServiceSpec, latest_version_dir
+from services.classifier.config import ClassifierSettings, get_classifier_settings
+from services.classifier.preprocess import Box, crop, preprocess_batch
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+MANIFEST = "manifest.json"
+EMBEDDING = "embedding"
+LAST_CONV = "block5_conv4"
+
+
+def build_network(
+    heads: Mapping[str, Sequence[str]],
+    input_size: tuple[int, int],
+    *,
+    embedding_dim: int = EMBEDDING_DIM,
+    pooling: str = "avg",
+    dropout: float = 0.3,
+    backbone_weights: str | Path | None = None,
+) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(net, backbone, top): ``net`` = ``top(backbone(image))``, with one output per head plus the embedding.
+
+    ``top`` is a model of its own so that training can fit it on cached backbone features.
+    """
+    backbone = keras.applications.VGG19(
+        include_top=False,
+        weights=str(backbone_weights) if backbone_weights else None,
+        input_shape=(*input_size, 3),
+    )
+    features = keras.Input(backbone.output.shape[1:], name="features")
+    pooled = (
+        keras.layers.GlobalAveragePooling2D()(features)
+        if pooling == "avg"
+        else keras.layers.Flatten()(features)
+    )
+    shared = keras.layers.Dense(embedding_dim, activation="relu", name="shared")(pooled)
+    dropped = keras.layers.Dropout(dropout)(shared)
+    outputs: dict[str, Any] = {
+        head: keras.layers.Dense(len(labels), activation="softmax", dtype="float32", name=head)(dropped)
+        for head, labels in heads.items()
+    }
+    outputs[EMBEDDING] = keras.layers.UnitNormalization(dtype="float32", name=EMBEDDING)(shared)
+    top = keras.Model(features, outputs, name="top")
+    image = keras.Input((*input_size, 3), name="image")
+    net = keras.Model(image, top(backbone(image)), name="classifier")
+    return net, backbone, top
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ClassifierModel(Model):
+    """A version of the classifier loaded from the model repository."""
+
+    name = "classifier"
+
+    def __init__(self, version_dir: Path, settings: ClassifierSettings | None = None) -> None:
+        self.version_dir = version_dir
+        self.version = version_dir.name
+        self.settings = settings or get_classifier_settings()
+        self.net: keras.Model | None = None
+        self.manifest: dict[str, Any] = {}
+
+    @property
+    def heads(self) -> dict[str, list[str]]:
+        return dict(self.manifest["heads"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        height, width = self.manifest["input_size"]
+        return int(height), int(width)
+
+    def load(self) -> None:
+        if self.net is not None:
+            return
+        self.manifest = read_manifest(self.version_dir)
+        verify_files(self.version_dir, self.manifest)
+        net = keras.models.load_model(self.version_dir / MODEL_FILE, compile=False)
+        check_heads(net, self.manifest)
+        self.net = net
+        log.info("classifier %s loaded: heads %s, input %s", self.version, list(self.heads), self.input_size)
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        return self.predict_arrays(preprocess_batch(images, self.input_size))
+
+    def predict_crops(self, image: Image.Image, boxes: Sequence[Box]) -> list[Prediction]:
+        """Each garment box cropped (with the configured margin), then the same preprocessing."""
+        return self.predict([crop(image, box, self.settings.crop_margin) for box in boxes])
+
+    def predict_arrays(self, batch: NDArray[np.float32]) -> list[Prediction]:
+        if self.net is None:
+            raise RuntimeError("call load() before predict()")
+        if len(batch) == 0:
+            return []
+        raw = self.net.predict_on_batch(batch)
+        return [self._prediction(raw, i) for i in range(len(batch))]
+
+    def _prediction(self, raw: Mapping[str, Any], i: int) -> Prediction:
+        output: dict[str, Any] = {}
+        for head, labels in self.heads.items():
+            probabilities = np.asarray(raw[head][i], dtype=np.float64)
+            order = np.argsort(-probabilities, kind="stable")[: self.settings.top_k]
+            top = [{"label": labels[j], "score": round(float(probabilities[j]), 6)} for j in order]
+            output[head] = {"label": top[0]["label"], "score": top[0]["score"], "top": top}
+        embedding = np.asarray(raw[EMBEDDING][i], dtype=np.float64)
+        return Prediction(output=output, embedding=[float(v) for v in embedding])
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"classifier artifact {version_dir} has no {MANIFEST}") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"unreadable manifest {path}: {exc}") from exc
+    missing = [key for key in ("heads", "input_size", "files", "embedding_dim") if key not in manifest]
+    if missing:
+        raise ArtifactError(f"manifest {path} lacks {missing}")
+    return manifest
+
+
+def verify_files(version_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Every file the manifest lists exists with its recorded sha256."""
+    if MODEL_FILE not in manifest["files"]:
+        raise ArtifactError(f"manifest of {version_dir} lists no {MODEL_FILE}")
+    for name, expected in manifest["files"].items():
+        path = version_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"classifier artifact file {path} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(f"{path} has sha256 {actual}, the manifest says {expected}")
+
+
+def check_heads(net: keras.Model, manifest: Mapping[str, Any]) -> None:
+    """The label lists must match the network's heads, and the embedding the database column."""
+    shapes = {name: tuple(tensor.shape) for name, tensor in net.output.items()}
+    for head, labels in manifest["heads"].items():
+        if head not in shapes:
+            raise ArtifactError(f"the manifest names head {head!r}; the network has {sorted(shapes)}")
+        if shapes[head][-1] != len(labels):
+            raise ArtifactError(
+                f"head {head!r} has {shapes[head][-1]} outputs but the manifest lists {len(labels)} labels"
+            )
+    if shapes.get(EMBEDDING, (None,))[-1] != EMBEDDING_DIM:
+        raise ArtifactError(
+            f"the embedding has {shapes.get(EMBEDDING)} dimensions; the database column holds {EMBEDDING_DIM}"
+        )
+
+
+def build(spec: ServiceSpec, repository: Path) -> ClassifierModel:
+    version_dir = latest_version_dir(repository / spec.name)
+    if version_dir is None:
+        raise ArtifactError(f"no classifier version in {repository / spec.name}")
+    return ClassifierModel(version_dir)
