@@ -84,6 +84,69 @@ def worker(
     )
 
 
+classifier_app = typer.Typer(
+    no_args_is_help=True, help="The classifier (run in its environment, .venv-classifier)."
+)
+app.add_typer(classifier_app, name="classifier")
+
+
+@classifier_app.command("train")
+def classifier_train(
+    data: Annotated[Path, typer.Argument(help="a directory with styles.csv and images/<id>.jpg")],
+    config: Annotated[Path | None, typer.Option(help="a JSON file of TrainConfig fields")] = None,
+    input_size: Annotated[int | None, typer.Option(help="square input size, e.g. 224")] = None,
+    head_epochs: int | None = None,
+    finetune_epochs: int | None = None,
+    min_images_per_class: int | None = None,
+    weights: Annotated[str | None, typer.Option(help="'imagenet' (the zoo, cached) or 'none'")] = None,
+) -> None:
+    """Train a new classifier version into the model repository and print its metrics."""
+    from common.settings import get_settings
+    from services.classifier.config import TrainConfig
+    from services.classifier.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    fields = json.loads(config.read_text()) if config else {}
+    overrides = {
+        "input_size": (input_size, input_size) if input_size else None,
+        "head_epochs": head_epochs,
+        "finetune_epochs": finetune_epochs,
+        "min_images_per_class": min_images_per_class,
+    }
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if weights is not None:
+        fields["weights"] = None if weights == "none" else weights
+    version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    sys.stdout.write(
+        json.dumps(
+            {"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]}, indent=2
+        )
+        + "\n"
+    )
+
+
+@classifier_app.command("explain")
+def classifier_explain(
+    image: Path,
+    head: str = "articleType",
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("gradcam.png"),
+) -> None:
+    """Grad-CAM of one head on one image, written as a PNG overlay."""
+    from PIL import Image
+
+    from common.settings import get_settings
+    from services.classifier.explain import gradcam, overlay_png
+    from services.registry import get_spec
+
+    model = get_spec("classifier").build(get_settings().model_repository)
+    model.load()
+    picture = Image.open(image).convert("RGB")
+    [prediction] = model.predict([picture])
+    out.write_bytes(overlay_png(picture, gradcam(model, picture, head)))  # type: ignore[arg-type]
+    err.print(f"{head}: {prediction.output[head]['label']} ({prediction.output[head]['score']:.3f}) → {out}")
+
+
 @app.command()
 def reconcile(
     older_than_s: Annotated[float, typer.Option(help="only work untouched for this long")] = 3600.0,

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs Atelier into ./.venv (created when missing). EXTRAS picks the optional dependency groups.
+# Installs Atelier into a virtual environment (VENV, default ./.venv; created when missing).
+# EXTRAS picks the optional dependency groups. The classifier has its own environment, because
+# TensorFlow and torch never share a process:
+#   VENV=.venv-classifier EXTRAS=worker,classifier,embedded bash scripts/install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-gateway,worker,embedded}]"
+venv=${VENV:-.venv}
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-gateway,worker,embedded}]"

@@ -56,5 +56,5 @@ def test_held_out_garments_are_classified_right(trained: Trained) -> None:
             [p.output[head]["label"] == s.labels[head] for p, s in zip(predictions, samples, strict=True)]
         )
         assert accuracy >= required, f"{head}: {accuracy:.2f} < {required}"
-    norms = [np.linalg.norm(p.embedding) for p in predictions]
+    norms = [np.linalg.norm(np.asarray(p.embedding)) for p in predictions]
     assert np.allclose(norms, 1.0, atol=1e-4)
