@@ -40,6 +40,10 @@ class JobIn(BaseModel):
 
     items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
     models: list[str] | None = Field(default=None, description="subset of the model services; all by default")
+    explain: bool = Field(
+        default=False,
+        description="also store a Grad-CAM overlay (PNG) per classifier head, for people to look at",
+    )
 
     @field_validator("models")
     @classmethod

@@ -158,6 +158,8 @@ class ModelResult(Base):
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     claimed_by_item: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # what the analysis was asked for beyond its output, e.g. {"explain": true} for Grad-CAM overlays
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict, server_default="{}")
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     batch_size: Mapped[int | None] = mapped_column(Integer)
     inference_ms: Mapped[float | None]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -53,7 +53,9 @@ def _submit(session: Session, build: Any) -> JobCreated:
 
 @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def create_job(body: JobIn, session: SessionDep) -> JobCreated:
-    return _submit(session, lambda: jobs.create_job(session, items=body.items, models=body.models))
+    return _submit(
+        session, lambda: jobs.create_job(session, items=body.items, models=body.models, explain=body.explain)
+    )
 
 
 @app.post("/v1/jobs/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
@@ -62,6 +64,7 @@ def upload_job(
     files: Annotated[list[UploadFile], File(description="image files")],
     models: Annotated[list[str] | None, Form()] = None,
     external_ids: Annotated[list[str] | None, Form(description="one per file, in order")] = None,
+    explain: Annotated[bool, Form(description="Grad-CAM overlays per classifier head")] = False,
 ) -> JobCreated:
     settings = get_gateway_settings()
     if len(files) > settings.max_upload_files:
@@ -83,7 +86,10 @@ def upload_job(
         for i, f in enumerate(files)
     ]
     store = blob_store(get_settings().blob_dir)
-    return _submit(session, lambda: jobs.create_job(session, uploads=uploads, models=chosen, store=store))
+    return _submit(
+        session,
+        lambda: jobs.create_job(session, uploads=uploads, models=chosen, store=store, explain=explain),
+    )
 
 
 def _read_capped(upload: UploadFile, cap: int) -> bytes:
@@ -144,6 +150,22 @@ def list_images(
     except ValueError as exc:
         _unprocessable(["query", "cursor"], str(exc))
         raise  # unreachable: _unprocessable raises
+
+
+@app.get(
+    "/v1/images/{item_id}/explanations/{model}/{head}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_explanation(item_id: uuid.UUID, model: str, head: str, session: SessionDep) -> Response:
+    """The Grad-CAM overlay of one head, for an image submitted with ``explain``."""
+    view = jobs.image_view(session, item_id)
+    key = ((((view.record or {}).get(model) or {}).get("explanations") or {}).get(head)) if view else None
+    if key is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no {model} explanation of {head!r} for image {item_id}"
+        )
+    return Response(blob_store(get_settings().blob_dir).get(key), media_type="image/png")
 
 
 @app.get("/healthz")

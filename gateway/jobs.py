@@ -41,6 +41,7 @@ def create_job(
     uploads: Sequence[Upload] = (),
     models: Sequence[str] | None = None,
     store: BlobStore | None = None,
+    explain: bool = False,
 ) -> JobCreated:
     """Insert the job and its items (the caller commits, then publishes ``dispatch_job_task``)."""
     chosen = list(models or DEFAULT_MODELS)
@@ -72,7 +73,13 @@ def create_job(
             }
         )
     session.execute(
-        insert(Job).values(id=job_id, models=chosen, item_count=len(rows), pending_items=len(rows))
+        insert(Job).values(
+            id=job_id,
+            models=chosen,
+            item_count=len(rows),
+            pending_items=len(rows),
+            options={"explain": explain},
+        )
     )
     if rows:
         session.execute(

@@ -51,6 +51,10 @@ class Model(ABC):
     @abstractmethod
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]: ...
 
+    def explain(self, image: Image.Image, prediction: Prediction) -> dict[str, bytes]:
+        """PNG pictures that show why ``prediction`` came out as it did, by name; none by default."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -60,6 +64,7 @@ class ServiceSpec:
     model_path: str  # "package.module:Factory"; the factory takes (spec, repository) and returns a Model
     builtin_version: str | None = None  # model-free analysers have a code version instead of an artifact
     description: str = ""
+    explains: bool = False  # its Model.explain gives pictures for people (Grad-CAM)
     queue_attr: str = field(default="")  # attribute of QueueSettings; defaults to the service name
 
     def queue(self, queues: Any) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ class FetchClaim:
     url: str | None
     upload_key: str | None
     models: list[str]
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class AnalysisClaim:
     model_name: str
     model_version: str
     attempts: int = 0  # deliveries so far, this one included: the retry budget of a batched task
+    explain: bool = False  # also produce explanations (Grad-CAM overlays)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,12 @@ _CLAIM_FETCH = (
         attempts=Item.attempts + 1,
         fetch_started_at=func.coalesce(Item.fetch_started_at, _NOW),
     )
-    .returning(Item.url, Item.upload_key, select(Job.models).where(Job.id == Item.job_id).scalar_subquery())
+    .returning(
+        Item.url,
+        Item.upload_key,
+        select(Job.models).where(Job.id == Item.job_id).scalar_subquery(),
+        select(Job.options).where(Job.id == Item.job_id).scalar_subquery(),
+    )
 )
 _ITEM_STATUS = select(Item.status).where(Item.id == bindparam("item_id"))
 _FAIL_ITEM = (
@@ -132,15 +139,44 @@ _CLAIM_RESULT = (
         model_version=bindparam("model_version"),
         status=ResultStatus.pending,
         claimed_by_item=bindparam("item_id"),
+        options=bindparam("options", type_=JSONB),
     )
     .on_conflict_do_nothing(constraint="uq_model_result")
+    .returning(ModelResult.id, ModelResult.model_name, ModelResult.model_version)
+)
+# An analysis that ran without explanations runs again when a job asks for them: the item waits for it
+_CLAIM_RERUN_FOR_EXPLANATIONS = (
+    update(ModelResult)
+    .where(
+        # bind names differ from the column names: in an UPDATE those would become SET values
+        ModelResult.image_id == bindparam("for_image"),
+        ModelResult.model_name == bindparam("for_model"),
+        ModelResult.model_version == bindparam("for_version"),
+        ModelResult.status != ResultStatus.pending,
+        ModelResult.options["explain"].as_boolean().is_not(True),
+    )
+    .values(
+        status=ResultStatus.pending,
+        options=ModelResult.options.op("||")(bindparam("add_options", type_=JSONB)),
+        claimed_by_item=bindparam("by_item"),
+        attempts=0,
+        queued_at=_NOW,
+        started_at=None,
+        finished_at=None,
+    )
     .returning(ModelResult.id, ModelResult.model_name, ModelResult.model_version)
 )
 _START_ANALYSIS = (
     update(ModelResult)
     .where(ModelResult.id == bindparam("result_id"), ModelResult.status == ResultStatus.pending)
     .values(attempts=ModelResult.attempts + 1, started_at=_NOW)
-    .returning(ModelResult.image_id, ModelResult.model_name, ModelResult.model_version, ModelResult.attempts)
+    .returning(
+        ModelResult.image_id,
+        ModelResult.model_name,
+        ModelResult.model_version,
+        ModelResult.attempts,
+        ModelResult.options,
+    )
 )
 _WRITE_RESULT = (
     update(ModelResult)
@@ -228,7 +264,9 @@ def claim_fetch(session: Session, item_id: uuid.UUID) -> FetchClaim | None:
     (a redelivered fetch republishes its analyses). None for unknown or finished items."""
     row = _run(session, _CLAIM_FETCH, {"item_id": item_id}).one_or_none()
     if row is not None:
-        return FetchClaim(item_id, ItemStatus.fetching, row[0], row[1], list(row[2]))
+        return FetchClaim(
+            item_id, ItemStatus.fetching, row[0], row[1], list(row[2]), bool(row[3].get("explain"))
+        )
     status = _run(session, _ITEM_STATUS, {"item_id": item_id}).scalar_one_or_none()
     return FetchClaim(item_id, status, None, None, []) if status == ItemStatus.analysing else None
 
@@ -249,12 +287,14 @@ def attach_image(
     image: StoredImage,
     models: Sequence[str],
     availability: Mapping[str, Availability],
+    explain: Collection[str] = (),
 ) -> list[AnalysisClaim]:
     """Record the fetched image (deduplicated by sha256) and claim the model results still missing.
 
     Returns the analyses this item must publish: only the rows it created, so the same bytes
     submitted twice are analysed once per model version. Items whose every model already has a
-    result complete here.
+    result complete here. Models in ``explain`` also produce explanations; one that already ran
+    without them runs again.
     """
     image_row = _run(session, _UPSERT_AND_LOCK_IMAGE, {"id": uuid7(), **vars(image)}).one()
     expected = {m: a.version for m in models if (a := availability[m]).available and a.version is not None}
@@ -266,21 +306,30 @@ def attach_image(
     ).first()
     if attached is None:
         return []  # a concurrent delivery of the same fetch attached it first
-    claims = [
-        AnalysisClaim(row.id, image_row.id, image.blob_key, row.model_name, row.model_version)
-        for model, version in expected.items()
-        for row in _run(
-            session,
-            _CLAIM_RESULT,
-            {
-                "id": uuid7(),
-                "image_id": image_row.id,
-                "model_name": model,
-                "model_version": version,
-                "item_id": item_id,
-            },
-        )
-    ]
+    claims = []
+    for model, version in expected.items():
+        params = {
+            "id": uuid7(),
+            "image_id": image_row.id,
+            "model_name": model,
+            "model_version": version,
+            "item_id": item_id,
+            "options": {"explain": True} if model in explain else {},
+        }
+        row = _run(session, _CLAIM_RESULT, params).first()
+        if row is None and model in explain:
+            rerun = {
+                "for_image": image_row.id,
+                "for_model": model,
+                "for_version": version,
+                "by_item": item_id,
+                "add_options": params["options"],
+            }
+            row = _run(session, _CLAIM_RERUN_FOR_EXPLANATIONS, rerun).first()
+        if row is not None:
+            claims.append(
+                AnalysisClaim(row.id, image_row.id, image.blob_key, model, version, 0, model in explain)
+            )
     if len(claims) < len(expected) or not expected:
         # some results already exist (the same bytes came before): this item may be complete now
         _finalize(session, image_row)
@@ -315,7 +364,9 @@ def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[An
 def claim_analysis(session: Session, result_id: uuid.UUID, blob_key: str) -> AnalysisClaim | None:
     """Start (or restart, after a lost worker) one model's analysis. None when already finished."""
     row = _run(session, _START_ANALYSIS, {"result_id": result_id}).one_or_none()
-    return None if row is None else AnalysisClaim(result_id, row[0], blob_key, row[1], row[2], row[3])
+    if row is None:
+        return None
+    return AnalysisClaim(result_id, row[0], blob_key, row[1], row[2], row[3], bool(row[4].get("explain")))
 
 
 def complete_analysis(

@@ -89,7 +89,8 @@ def fetch_task(self: Task, item_id: str) -> None:
         stored = _fetch_and_store(claim)
         availability = {name: _availability(name) for name in claim.models}
         with transaction() as session:
-            claims = pipeline.attach_image(session, item, stored, claim.models, availability)
+            explain = [m for m in claim.models if claim.explain and get_spec(m).explains]
+            claims = pipeline.attach_image(session, item, stored, claim.models, availability, explain)
         _publish(claims)
     except ItemError as err:
         if err.transient and _may_retry(self):
@@ -162,15 +163,35 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
             _retry_or_fail_analysis(claim, outcome)
             continue
         prediction, ms = outcome
+        output = prediction.output
+        if claim.explain:
+            try:
+                output = {**output, "explanations": _store_explanations(claim, prediction)}
+            except Exception as exc:
+                _retry_or_fail_analysis(claim, exc)
+                continue
         with transaction() as session:
             pipeline.complete_analysis(
                 session,
                 claim,
-                output=prediction.output,
+                output=output,
                 embedding=prediction.embedding,
                 batch_size=len(claims),
                 inference_ms=ms,
             )
+
+
+def _store_explanations(claim: pipeline.AnalysisClaim, prediction: Prediction) -> dict[str, str]:
+    """The model's pictures for this prediction, in the blob store; returns their keys by name."""
+    settings = get_settings()
+    store = blob_store(settings.blob_dir)
+    image = decode_image(store.get(claim.blob_key), settings.fetch.max_pixels)
+    sha256 = claim.blob_key.rsplit("/", 1)[-1]
+    keys = {}
+    for name, png in served_model().explain(image, prediction).items():
+        keys[name] = f"explanations/{claim.model_name}/{claim.model_version}/{sha256}/{name}.png"
+        store.put(keys[name], png)
+    return keys
 
 
 def _predict_isolating_failures(

@@ -18,6 +18,7 @@ from services.base import ServiceSpec
 SPEC = ServiceSpec(
     name="classifier",
     model_path="services.classifier.model:build",
+    explains=True,
     description=(
         "VGG19 multi-head classifier (Fashion Product Images attributes) with a search embedding; "
         "TensorFlow/Keras, its own environment"

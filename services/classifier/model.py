@@ -112,6 +112,16 @@ class ClassifierModel(Model):
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         return self.predict_arrays(preprocess_batch(images, self.input_size))
 
+    def explain(self, image: Image.Image, prediction: Prediction) -> dict[str, bytes]:
+        """A Grad-CAM overlay per head, for the label the head chose."""
+        from services.classifier.explain import gradcam, overlay_png
+
+        rgb = image.convert("RGB")
+        return {
+            head: overlay_png(rgb, gradcam(self, rgb, head, prediction.output[head]["label"]))
+            for head in self.heads
+        }
+
     def predict_crops(self, image: Image.Image, boxes: Sequence[Box]) -> list[Prediction]:
         """Each garment box cropped (with the configured margin), then the same preprocessing."""
         return self.predict([crop(image, box, self.settings.crop_margin) for box in boxes])

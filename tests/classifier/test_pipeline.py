@@ -85,3 +85,40 @@ def test_embeddings_land_in_pgvector_and_find_their_own_image(trained: Trained, 
             assert nearest == image_id
         batches = conn.execute(text("SELECT max(batch_size) FROM model_results")).scalar_one()
     assert batches >= 1
+
+
+def test_explanations_on_request_rerun_a_plain_analysis_and_are_served(
+    trained: Trained, client: TestClient
+) -> None:
+    import io
+
+    from PIL import Image
+
+    image_id = sorted(json.loads((trained.version_dir / "predictions_test.json").read_text()))[0]
+    image = (trained.data_dir / "images" / f"{image_id}.jpg").read_bytes()
+    files = [("files", (f"{image_id}.jpg", image, "image/jpeg"))]
+
+    # given: the image analysed once without explanations
+    plain = client.post("/v1/jobs/upload", files=files, data={"models": ["classifier"]}).json()
+    wait_for_job(client, plain["job_id"], timeout=300)
+    assert (
+        "explanations"
+        not in client.get(f"/v1/images/{plain['items'][0]['id']}").json()["record"]["classifier"]
+    )
+
+    # when: a job asks for explanations of the same bytes
+    explained = client.post(
+        "/v1/jobs/upload", files=files, data={"models": ["classifier"], "explain": "true"}
+    ).json()
+    wait_for_job(client, explained["job_id"], timeout=300)
+
+    # then: the analysis ran again with Grad-CAM overlays, one PNG per head, served by the gateway
+    item_id = explained["items"][0]["id"]
+    record = client.get(f"/v1/images/{item_id}").json()["record"]["classifier"]
+    assert set(record["explanations"]) == set(
+        json.loads((trained.version_dir / "manifest.json").read_text())["heads"]
+    )
+    response = client.get(f"/v1/images/{item_id}/explanations/classifier/articleType")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).size == Image.open(io.BytesIO(image)).size
+    assert client.get(f"/v1/images/{item_id}/explanations/classifier/sleeves").status_code == 404

@@ -147,3 +147,28 @@ def test_concurrent_finishers_complete_every_item_exactly_once(clean_db: Infra) 
         job = session.scalars(select(Job)).one()
         assert job.pending_items == 0 and job.finished_at is not None
         assert session.scalar(select(func.count()).select_from(ImageRecord)) == 12
+
+
+def test_asking_for_explanations_reruns_an_analysis_once(clean_db: Infra) -> None:
+    with transaction() as session:
+        first, second, third = make_job(session, 3, models=["m1"])
+    only = {"m1": BOTH["m1"]}
+    [claim] = _attach(first, "explained", only)
+    _complete(claim)
+
+    # a job that wants explanations claims the finished analysis again, with the option set
+    image = stored_image("explained")
+    with transaction() as session:
+        assert pipeline.claim_fetch(session, second) is not None
+        [rerun] = pipeline.attach_image(session, second, image, ["m1"], only, explain=["m1"])
+    assert rerun.result_id == claim.result_id and rerun.explain
+    with transaction() as session:
+        started = pipeline.claim_analysis(session, rerun.result_id, rerun.blob_key)
+        assert started is not None and started.explain
+    assert _complete(rerun)
+
+    # once explained, it is not run again
+    with transaction() as session:
+        assert pipeline.claim_fetch(session, third) is not None
+        assert pipeline.attach_image(session, third, image, ["m1"], only, explain=["m1"]) == []
+    assert {i.status for i in _items([first, second, third])} == {ItemStatus.done}
