@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -121,7 +122,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         alone = run_alone(model, jpegs, args.rounds)
         _progress(f"(2) whole image + 3 crops: seed-style 3 x VGG19 against one pass, {args.rounds} rounds")
         seed = run_seed_comparison(model, args.rounds)
-        _progress(f"(3) through the worker: warm-up job of {WARMUP_IMAGES}, then {args.images} images")
+        _progress(f"(3) through the worker: {args.images} images, and the same directly")
         worker = run_worker(home, model, jpegs)
     return {"alone": alone, "seed_comparison": seed, "worker": worker}
 
@@ -348,18 +349,34 @@ class DirectRun:
     predict_s: float
     cpu_s: float
 
+    def __add__(self, other: DirectRun) -> DirectRun:
+        return DirectRun(
+            self.images + other.images,
+            self.batch,
+            self.decode_s + other.decode_s,
+            self.predict_s + other.predict_s,
+            self.cpu_s + other.cpu_s,
+        )
+
 
 def run_worker(home: Path, model: ClassifierModel, jpegs: Sequence[bytes]) -> dict[str, Any]:
-    """A job of the images through the orchestrator and the classifier worker, then the same bytes
-    through ``decode_image`` + ``ClassifierModel.predict`` in this process, at the worker's max batch."""
+    """A job of the images through the orchestrator and the classifier worker; the same bytes through
+    ``decode_image`` + ``ClassifierModel.predict`` in this process at the worker's max batch, half of
+    them before the job and half after (A-B-A: a drift of the machine's load hits both sides alike)."""
+    warmup, measured = jpegs[:WARMUP_IMAGES], jpegs[WARMUP_IMAGES:]
+    batch = get_worker_settings().max_batch
+    split = batch * math.ceil(len(measured) / batch / 2)
+    _progress(f"(3) direct, first half: decode_image + ClassifierModel.predict, batch {batch}")
+    model.predict(_decode_all(warmup[:batch]))
+    first = _run_direct(model, measured[:split], batch)
     with serve() as image_server, embedded_servers(home) as servers:
         configure(home, servers, allow_hosts=[image_server.authority])
         urls = orchestration.serve_images(image_server, jpegs)
         meter = CpuMeter(servers.postmaster_pid)
+        _progress(f"(3) pipeline: warm-up job of {len(warmup)}, then the measured job of {len(measured)}")
         pipeline = _run_pipeline(home, urls[:WARMUP_IMAGES], urls[WARMUP_IMAGES:], meter)
-    _progress("(3) direct: decode_image + ClassifierModel.predict in this process")
-    direct = _run_direct(model, jpegs[WARMUP_IMAGES:], jpegs[:WARMUP_IMAGES], get_worker_settings().max_batch)
-    return summarise_worker(pipeline, direct)
+    _progress("(3) direct, second half")
+    return summarise_worker(pipeline, (first, _run_direct(model, measured[split:], batch)))
 
 
 def _run_pipeline(home: Path, warmup: list[str], urls: list[str], meter: CpuMeter) -> WorkerRun:
@@ -402,11 +419,8 @@ def _results(job_id: uuid.UUID) -> list[ResultRow]:
     return [ResultRow(r.batch_size, r.inference_ms, float(r.started_s), float(r.finished_s)) for r in rows]
 
 
-def _run_direct(
-    model: ClassifierModel, jpegs: Sequence[bytes], warmup: Sequence[bytes], batch: int
-) -> DirectRun:
+def _run_direct(model: ClassifierModel, jpegs: Sequence[bytes], batch: int) -> DirectRun:
     """What the worker's ``analyse_task`` computes per micro-batch of ``batch``: decode, one predict."""
-    model.predict(_decode_all(warmup[:batch]))
     decode_s = predict_s = 0.0
     cpu_started = time.process_time()
     for start in range(0, len(jpegs), batch):
@@ -418,8 +432,9 @@ def _run_direct(
     return DirectRun(len(jpegs), batch, decode_s, predict_s, time.process_time() - cpu_started)
 
 
-def summarise_worker(pipeline: WorkerRun, direct: DirectRun) -> dict[str, Any]:
+def summarise_worker(pipeline: WorkerRun, halves: tuple[DirectRun, DirectRun]) -> dict[str, Any]:
     n, results = pipeline.images, pipeline.results
+    direct = halves[0] + halves[1]
     predict_calls = sum(1.0 / r.batch_size for r in results)  # each call of b images has b rows
     direct_wall_s = direct.decode_s + direct.predict_s
     cpu = {name: 1000.0 * s / n for name, s in sorted(pipeline.cpu_s.items())}
@@ -432,6 +447,7 @@ def summarise_worker(pipeline: WorkerRun, direct: DirectRun) -> dict[str, Any]:
         "direct_batch": direct.batch,
         "direct_wall_s": direct_wall_s,
         "direct_images_per_s": direct.images / direct_wall_s,
+        "direct_images_per_s_before_after": [h.images / (h.decode_s + h.predict_s) for h in halves],
         "ratio_pipeline_to_direct": (n / pipeline.wall_s) / (direct.images / direct_wall_s),
         "mean_batch_size_per_image": statistics.mean(r.batch_size for r in results),
         "mean_images_per_predict_call": len(results) / predict_calls,
@@ -521,11 +537,13 @@ def _seed_lines(s: dict[str, Any]) -> list[str]:
 def _worker_lines(w: dict[str, Any]) -> list[str]:
     by_process = ", ".join(f"{k} {v:.0f}" for k, v in w["pipeline_cpu_ms_per_image_by_process"].items())
     histogram = ", ".join(f"{b}: {c}" for b, c in w["images_by_batch_size"].items())
+    before, after = w["direct_images_per_s_before_after"]
     rows = [
         (
             "wall images/s",
             f"{w['pipeline_images_per_s']:.2f}",
-            f"pipeline; direct {w['direct_images_per_s']:.2f} (decode + predict, batch {w['direct_batch']}); "
+            f"pipeline; direct {w['direct_images_per_s']:.2f} (decode + predict, batch {w['direct_batch']}; "
+            f"half before the job {before:.2f}, half after {after:.2f}); "
             f"ratio pipeline/direct {w['ratio_pipeline_to_direct']:.2f}",
         ),
         (
