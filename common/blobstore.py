@@ -23,6 +23,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks (model artifacts are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def image_key(sha256: str) -> str:
     """``images/ab/cd/abcd...``: two fan-out levels keep directories small on a local disk."""
     return f"images/{sha256[:2]}/{sha256[2:4]}/{sha256}"

@@ -7,7 +7,6 @@ manifest, never from constants here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from common.blobstore import sha256_file
 from common.errors import ArtifactError
 from db.models import EMBEDDING_DIM
 from services.base import Model, Prediction, ServiceSpec, latest_version_dir
@@ -68,14 +68,6 @@ def build_network(
     image = keras.Input((*input_size, 3), name="image")
     net = keras.Model(image, top(backbone(image)), name="classifier")
     return net, backbone, top
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ClassifierModel(Model):

@@ -26,10 +26,11 @@ import tensorflow as tf
 from numpy.typing import NDArray
 from PIL import Image
 
+from common.blobstore import sha256_file
 from services.classifier.config import TrainConfig
 from services.classifier.data import Sample, dataset_hash, labels_of, read_styles, stratified_split
 from services.classifier.evaluate import evaluate_outputs, predict_samples, write_reports
-from services.classifier.model import MANIFEST, MODEL_FILE, ClassifierModel, build_network, sha256_file
+from services.classifier.model import MANIFEST, MODEL_FILE, ClassifierModel, build_network
 from services.classifier.preprocess import PREPROCESSING, augment, preprocess
 from services.classifier.zoo import weights_path
 

@@ -1,8 +1,15 @@
-"""The detector service as the pipeline sees it, without importing its framework.
+"""The detector service as the pipeline sees it, and its settings, without importing torch.
 
-Available once a model version exists in the model repository (``<repo>/detector/<version>/manifest.json``);
-until then every job records detector as skipped with that reason.
+Available once a model version exists in the model repository (``<repo>/detector/<version>/``);
+until then every job records the detector as skipped with that reason.
 """
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.base import ServiceSpec
 
@@ -13,3 +20,42 @@ SPEC = ServiceSpec(
         "Detectron2 Mask R-CNN on DeepFashion2: 13 garment categories with boxes and masks; torch environment"
     ),
 )
+
+
+class DetectorSettings(BaseSettings):
+    """``ATELIER_DETECTOR_*``: how the detector serves."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_DETECTOR_", extra="ignore")
+
+    test_size: int | None = None  # shorter image side at inference; the version's own when None
+    max_size: int | None = None
+    score_threshold: float = 0.5
+    device: str = "auto"  # "cpu", "cuda", or "auto": cuda when available
+
+
+@lru_cache
+def get_detector_settings() -> DetectorSettings:
+    return DetectorSettings()
+
+
+class TrainConfig(BaseModel):
+    """What ``atelier detector train`` does; stored with the version it writes."""
+
+    base: str = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"  # a Detectron2 model-zoo config
+    weights: str | None = "zoo"  # "zoo": the base config's COCO checkpoint; None: from scratch
+    batch_size: int = 4
+    base_lr: float = 0.01
+    max_iter: int = 20_000
+    warmup_iters: int = 500
+    steps: tuple[int, ...] = (14_000, 18_000)
+    checkpoint_period: int = 2_000
+    eval_period: int = 0  # 0: evaluate at the end only
+    min_size_train: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    score_threshold: float = 0.5
+    num_workers: int = 2
+    seed: int = 0
+    # further config keys and values, as Detectron2's command line takes them (e.g. lighter heads)
+    opts: list[str] = Field(default_factory=list)

@@ -36,8 +36,8 @@ def random_imagenet_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     import keras
     from keras.src.legacy.saving import legacy_h5_format  # the format Keras' published weights use
 
+    from common.blobstore import sha256_file
     from services.classifier import zoo
-    from services.classifier.model import sha256_file
 
     cache = tmp_path_factory.mktemp("keras-cache")
     entry = zoo.ZOO[NOTOP]
