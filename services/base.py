@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the gateway reads specs without Pillow installed
     from PIL import Image
@@ -94,6 +98,22 @@ class ServiceSpec:
         module_name, _, attr = self.model_path.partition(":")
         factory: Callable[[ServiceSpec, Path], Model] = getattr(importlib.import_module(module_name), attr)
         return factory(self, repository)
+
+
+def publish_version(staging: Path, model_dir: Path) -> Path:
+    """Rename a fully written staging directory to the next version number: readers of the repository
+    never see a half-written version, and two trainers never take the same number."""
+    while True:
+        versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        target = model_dir / str(max(versions, default=0) + 1)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.exists():
+                raise
+            continue  # another run took that number first
+        log.info("published %s", target)
+        return target
 
 
 def latest_version_dir(model_dir: Path) -> Path | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from common.blobstore import sha256_file
+from services.base import publish_version
 from services.classifier.config import TrainConfig
 from services.classifier.data import Sample, dataset_hash, labels_of, read_styles, stratified_split
 from services.classifier.evaluate import evaluate_outputs, predict_samples, write_reports
@@ -259,18 +259,4 @@ def _publish(
     for name in [*reports, "predictions_test.json"]:
         manifest["files"][name] = sha256_file(staging / name)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return _rename_into_place(staging, model_dir)
-
-
-def _rename_into_place(staging: Path, model_dir: Path) -> Path:
-    while True:
-        versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-        target = model_dir / str(max(versions, default=0) + 1)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not target.exists():
-                raise
-            continue  # another run took that number first
-        log.info("published classifier version %s", target)
-        return target
+    return publish_version(staging, model_dir)

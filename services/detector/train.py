@@ -1,0 +1,153 @@
+"""``atelier detector train``: COCO-format garments in, a new model-repository version out.
+
+A Detectron2 ``DefaultTrainer`` on a model-zoo config (COCO-pretrained weights through the zoo when
+reachable), evaluated with ``COCOEvaluator`` on the pycocotools path (``use_fast_impl=False``: the
+registry's Detectron2 has no C++ evaluator), with periodic checkpoints and resume. The version is
+evaluated again through the serving code, whose predictions on the test set are kept beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator
+
+from common.blobstore import sha256_file
+from services.base import publish_version
+from services.detector.config import TrainConfig
+from services.detector.dataset import register
+from services.detector.model import CONFIG, MANIFEST, WEIGHTS, DetectorModel, device_for
+
+log = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):  # type: ignore[misc]
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+    ) -> COCOEvaluator:
+        folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval")
+        return COCOEvaluator(dataset_name, output_dir=folder, use_fast_impl=False)
+
+
+def make_cfg(config: TrainConfig, classes: list[str], train: str, test: str, output_dir: Path) -> CfgNode:
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(config.base))
+    cfg.merge_from_list(config.opts)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
+    cfg.MODEL.DEVICE = device_for("auto")
+    cfg.MODEL.WEIGHTS = (
+        model_zoo.get_checkpoint_url(config.base) if config.weights == "zoo" else (config.weights or "")
+    )
+    cfg.SOLVER.IMS_PER_BATCH = config.batch_size
+    cfg.SOLVER.BASE_LR = config.base_lr
+    cfg.SOLVER.MAX_ITER = config.max_iter
+    cfg.SOLVER.WARMUP_ITERS = min(config.warmup_iters, config.max_iter // 2)
+    cfg.SOLVER.STEPS = tuple(s for s in config.steps if s < config.max_iter)
+    cfg.SOLVER.CHECKPOINT_PERIOD = config.checkpoint_period
+    cfg.TEST.EVAL_PERIOD = config.eval_period
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = config.min_size_train, config.max_size_train
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = config.min_size_test, config.max_size_test
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = config.score_threshold
+    cfg.DATALOADER.NUM_WORKERS = config.num_workers
+    cfg.SEED = config.seed
+    cfg.OUTPUT_DIR = str(output_dir)
+    return cfg
+
+
+def train(
+    train_json: Path,
+    train_images: Path,
+    test_json: Path,
+    test_images: Path,
+    config: TrainConfig,
+    repository: Path,
+    *,
+    resume: bool = False,
+) -> Path:
+    """Train, evaluate, publish ``<repository>/detector/<N>``; an interrupted run resumes with ``resume``."""
+    classes = register("atelier_detector_train", train_json, train_images)
+    if register("atelier_detector_test", test_json, test_images) != classes:
+        raise ValueError(f"the test set's classes differ from the training set's {classes}")
+    work = repository / "detector" / ".training"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = make_cfg(config, classes, "atelier_detector_train", "atelier_detector_test", work)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+    metrics = Trainer.test(cfg, trainer.model)
+    version_dir = _publish(cfg, classes, config, metrics, test_json, test_images, repository)
+    shutil.rmtree(work, ignore_errors=True)
+    return version_dir
+
+
+def _publish(
+    cfg: CfgNode,
+    classes: list[str],
+    config: TrainConfig,
+    metrics: dict[str, Any],
+    test_json: Path,
+    test_images: Path,
+    repository: Path,
+) -> Path:
+    model_dir = repository / "detector"
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    shutil.copy(Path(cfg.OUTPUT_DIR) / "model_final.pth", staging / WEIGHTS)
+    serving = cfg.clone()
+    serving.MODEL.WEIGHTS = WEIGHTS
+    (staging / CONFIG).write_text(serving.dump())
+    manifest: dict[str, Any] = {
+        "name": "detector",
+        "framework": "detectron2",
+        "torch_version": torch.__version__,
+        "classes": classes,
+        "input": {"min_size_test": cfg.INPUT.MIN_SIZE_TEST, "max_size_test": cfg.INPUT.MAX_SIZE_TEST},
+        "score_threshold": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        "base_config": config.base,
+        "train_config": config.model_dump(mode="json"),
+        "metrics": _plain(metrics),
+        "files": {name: sha256_file(staging / name) for name in (WEIGHTS, CONFIG)},
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    predictions = _serve_test_set(staging, test_json, test_images)
+    (staging / "predictions_test.json").write_text(json.dumps(predictions))
+    manifest["files"]["predictions_test.json"] = sha256_file(staging / "predictions_test.json")
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return publish_version(staging, model_dir)
+
+
+def _serve_test_set(version_dir: Path, test_json: Path, test_images: Path) -> dict[str, Any]:
+    """The test images through the serving code: what the worker must store for them."""
+    from PIL import Image
+
+    from services.detector.config import DetectorSettings
+
+    model = DetectorModel(version_dir, DetectorSettings(device=device_for("auto")))
+    model.load()
+    names = [entry["file_name"] for entry in json.loads(test_json.read_text())["images"]]
+    outputs: dict[str, Any] = {}
+    for start in range(0, len(names), 4):
+        chunk = names[start : start + 4]
+        images = [Image.open(test_images / name).convert("RGB") for name in chunk]
+        for name, prediction in zip(chunk, model.predict(images), strict=True):
+            outputs[name] = prediction.output
+    return outputs
+
+
+def _plain(metrics: Any) -> Any:
+    """Detectron2's OrderedDicts of numpy floats → JSON (NaN for classes absent from the test set → None)."""
+    if isinstance(metrics, dict):
+        return {str(k): _plain(v) for k, v in metrics.items()}
+    value = float(metrics)
+    return None if value != value else round(value, 4)
