@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 venv=${VENV:-.venv}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+# pip < 26: the Detectron2 sdist (deploy/detectron2) has a direct-URL extra that pip 26 refuses
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24,<26"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-gateway,worker,embedded}]"
