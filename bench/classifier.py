@@ -41,7 +41,7 @@ from bench.servers import bench_home, configure, embedded_servers
 from bench.synthetic import garment_jpegs
 from common.images import decode_image
 from common.settings import get_settings
-from db.session import get_engine, session_factory
+from db.session import get_engine
 from services.classifier.config import FASHION_HEADS, TrainConfig
 from services.classifier.preprocess import PREPROCESSING, Box, crop, preprocess, preprocess_batch
 from tests.classifier.garments import draw
@@ -162,7 +162,8 @@ def write_artifact(repository: Path) -> Path:
     evaluation (random weights have nothing to report)."""
     import keras
 
-    from services.classifier.model import MANIFEST, MODEL_FILE, sha256_file
+    from common.blobstore import sha256_file
+    from services.classifier.model import MANIFEST, MODEL_FILE
 
     keras.utils.set_random_seed(CONFIG.seed)
     heads = {head: [f"class{i}" for i in range(size)] for head, size in HEAD_SIZES.items()}
@@ -383,34 +384,12 @@ def _run_pipeline(home: Path, warmup: list[str], urls: list[str], meter: CpuMete
     # the default orchestrator (8 threads), and the classifier worker in this interpreter's environment
     workers = (DEFAULT_WORKERS[0], WorkerPlan("classifier", python=sys.executable))
     with Stack(home, workers=workers) as stack:
-        orchestration._check_done(*_run_job(stack, warmup), len(warmup))
+        orchestration._check_done(*orchestration._run_job(stack, warmup, MODELS), len(warmup))
         before, started = meter.snapshot(), time.perf_counter()
-        job_id, counts = _run_job(stack, urls)
+        job_id, counts = orchestration._run_job(stack, urls, MODELS)
         wall_s, after = time.perf_counter() - started, meter.snapshot()
     orchestration._check_done(job_id, counts, len(urls))
     return WorkerRun(len(urls), wall_s, spent(before, after), _results(job_id))
-
-
-def _run_job(stack: Stack, urls: list[str]) -> tuple[uuid.UUID, dict[str, int]]:
-    """Submit as ``atelier analyze`` does (create_job, commit, publish the dispatch) and wait."""
-    # imported here: the Celery app reads the broker URL at import, after configure() has set it
-    from common.schemas import ItemIn
-    from gateway import jobs
-    from worker.celery_app import DISPATCH_JOB_TASK
-    from worker.celery_app import app as celery_app
-
-    with session_factory()() as session:
-        created = jobs.create_job(session, items=[ItemIn(url=u) for u in urls], models=MODELS)
-        session.commit()
-    celery_app.send_task(
-        DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=get_settings().queues.orchestrator
-    )
-    orchestration._wait_finished(stack, created.job_id)
-    with session_factory()() as session:
-        view = jobs.job_view(session, created.job_id, items_limit=0)
-    if view is None:
-        raise RuntimeError(f"job {created.job_id} vanished")
-    return created.job_id, {str(state): count for state, count in view.counts.items()}
 
 
 def _results(job_id: uuid.UUID) -> list[ResultRow]:

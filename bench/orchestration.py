@@ -71,14 +71,15 @@ def run_pipeline(home: Path, warmup: list[str], urls: list[str], meter: CpuMeter
     return PipelineRun(len(urls), wall_s, spent(before, after), _mean_predict_ms(job_id))
 
 
-def _run_job(stack: Stack, urls: list[str]) -> tuple[uuid.UUID, dict[str, int]]:
+def _run_job(stack: Stack, urls: list[str], models: list[str] = MODELS) -> tuple[uuid.UUID, dict[str, int]]:
+    """Submit as ``atelier analyze`` does (create_job, commit, publish the dispatch) and wait."""
     from common.schemas import ItemIn
     from gateway import jobs
     from worker.celery_app import DISPATCH_JOB_TASK
     from worker.celery_app import app as celery_app
 
     with session_factory()() as session:
-        created = jobs.create_job(session, items=[ItemIn(url=u) for u in urls], models=MODELS)
+        created = jobs.create_job(session, items=[ItemIn(url=u) for u in urls], models=models)
         session.commit()
     celery_app.send_task(
         DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=get_settings().queues.orchestrator

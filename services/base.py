@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +98,38 @@ class ServiceSpec:
         module_name, _, attr = self.model_path.partition(":")
         factory: Callable[[ServiceSpec, Path], Model] = getattr(importlib.import_module(module_name), attr)
         return factory(self, repository)
+
+
+def read_manifest(service: str, version_dir: Path, required: Sequence[str]) -> dict[str, Any]:
+    """A version's ``manifest.json``, refused with the reason when absent, unreadable or incomplete."""
+    path = version_dir / "manifest.json"
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{service} artifact {version_dir} has no manifest.json") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"unreadable manifest {path}: {exc}") from exc
+    missing = [key for key in ("files", *required) if key not in manifest]
+    if missing:
+        raise ArtifactError(f"manifest {path} lacks {missing}")
+    return manifest
+
+
+def verify_files(
+    service: str, version_dir: Path, manifest: Mapping[str, Any], required: Sequence[str]
+) -> None:
+    """Every file the manifest lists exists with its recorded sha256, and the ``required`` ones are listed."""
+    from common.blobstore import sha256_file
+
+    for name in required:
+        if name not in manifest["files"]:
+            raise ArtifactError(f"manifest of {version_dir} lists no {name}")
+    for name, expected in manifest["files"].items():
+        path = version_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{service} artifact file {path} is missing")
+        if (actual := sha256_file(path)) != expected:
+            raise ArtifactError(f"{path} has sha256 {actual}, the manifest says {expected}")
 
 
 def publish_version(staging: Path, model_dir: Path) -> Path:

@@ -7,7 +7,6 @@ manifest, never from constants here.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from common.blobstore import sha256_file
 from common.errors import ArtifactError
 from db.models import EMBEDDING_DIM
 from services.base import Model, Prediction, ServiceSpec, latest_version_dir
+from services.base import read_manifest as base_read_manifest
+from services.base import verify_files as base_verify_files
 from services.classifier.config import ClassifierSettings, get_classifier_settings
 from services.classifier.preprocess import Box, crop, preprocess_batch
 
@@ -138,30 +138,11 @@ class ClassifierModel(Model):
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:
-    path = version_dir / MANIFEST
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"classifier artifact {version_dir} has no {MANIFEST}") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"unreadable manifest {path}: {exc}") from exc
-    missing = [key for key in ("heads", "input_size", "files", "embedding_dim") if key not in manifest]
-    if missing:
-        raise ArtifactError(f"manifest {path} lacks {missing}")
-    return manifest
+    return base_read_manifest("classifier", version_dir, ("heads", "input_size", "embedding_dim"))
 
 
 def verify_files(version_dir: Path, manifest: Mapping[str, Any]) -> None:
-    """Every file the manifest lists exists with its recorded sha256."""
-    if MODEL_FILE not in manifest["files"]:
-        raise ArtifactError(f"manifest of {version_dir} lists no {MODEL_FILE}")
-    for name, expected in manifest["files"].items():
-        path = version_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"classifier artifact file {path} is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ArtifactError(f"{path} has sha256 {actual}, the manifest says {expected}")
+    base_verify_files("classifier", version_dir, manifest, (MODEL_FILE,))
 
 
 def check_heads(net: keras.Model, manifest: Mapping[str, Any]) -> None:

@@ -5,7 +5,6 @@ Per garment: category, score, box, mask as COCO RLE, area, and the body region t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,10 @@ from detectron2.modeling import build_model
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from common.blobstore import sha256_file
 from common.errors import ArtifactError
 from services.base import Model, Prediction, ServiceSpec, latest_version_dir
+from services.base import read_manifest as base_read_manifest
+from services.base import verify_files as base_verify_files
 from services.detector.categories import BODY_REGION
 from services.detector.config import DetectorSettings, get_detector_settings
 
@@ -134,29 +134,11 @@ class DetectorModel(Model):
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:
-    path = version_dir / MANIFEST
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"detector artifact {version_dir} has no {MANIFEST}") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"unreadable manifest {path}: {exc}") from exc
-    missing = [key for key in ("classes", "files") if key not in manifest]
-    if missing:
-        raise ArtifactError(f"manifest {path} lacks {missing}")
-    return manifest
+    return base_read_manifest("detector", version_dir, ("classes",))
 
 
 def verify_files(version_dir: Path, manifest: dict[str, Any]) -> None:
-    for required in (WEIGHTS, CONFIG):
-        if required not in manifest["files"]:
-            raise ArtifactError(f"manifest of {version_dir} lists no {required}")
-    for name, expected in manifest["files"].items():
-        path = version_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"detector artifact file {path} is missing")
-        if (actual := sha256_file(path)) != expected:
-            raise ArtifactError(f"{path} has sha256 {actual}, the manifest says {expected}")
+    base_verify_files("detector", version_dir, manifest, (WEIGHTS, CONFIG))
 
 
 def check_checkpoint_classes(weights: Path, classes: int) -> None:
