@@ -254,8 +254,7 @@ def _run_job(stack: Stack, entries: list[str], models: list[str] | None, timeout
     from common.settings import get_settings
     from db.session import session_factory
     from gateway import jobs
-    from worker.celery_app import DISPATCH_JOB_TASK
-    from worker.celery_app import app as celery_app
+    from worker.celery_app import dispatch_job
 
     urls = [e for e in entries if "://" in e]
     uploads = [jobs.Upload(Path(p).name, Path(p).read_bytes()) for p in entries if "://" not in p]
@@ -269,7 +268,7 @@ def _run_job(stack: Stack, entries: list[str], models: list[str] | None, timeout
             store=blob_store(settings.blob_dir),
         )
         session.commit()
-    celery_app.send_task(DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=settings.queues.orchestrator)
+    dispatch_job(created.job_id)
     _wait(stack, created.job_id, len(created.items), timeout)
     # the job holds the URLs first, then the files: print in the order the user gave them
     url_refs, file_refs = iter(created.items[: len(urls)]), iter(created.items[len(urls) :])

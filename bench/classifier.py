@@ -36,7 +36,7 @@ from sqlalchemy import text
 from atelier.stack import DEFAULT_WORKERS, Stack, WorkerPlan
 from bench import orchestration
 from bench.cpu import MAIN_THREAD, OTHER_THREADS, CpuMeter, CpuSeconds, spent
-from bench.pipeline import THREAD_VARIABLES, _interrupt, _progress, _table
+from bench.pipeline import THREAD_VARIABLES, _interrupt, _progress, _table, emit
 from bench.servers import bench_home, configure, embedded_servers
 from bench.synthetic import garment_jpegs
 from common.images import decode_image
@@ -92,12 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     # a SIGTERM unwinds like Ctrl-C, so the context managers below stop every process they started
     signal.signal(signal.SIGTERM, _interrupt)
-    measured = _measure(args)
-    result = {"machine": _machine(), "config": vars(args) | {"json": str(args.json)}, **measured}
-    print(format_report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.json}")
+    emit(args, _machine(), _measure(args), format_report)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

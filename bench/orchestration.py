@@ -75,15 +75,12 @@ def _run_job(stack: Stack, urls: list[str], models: list[str] = MODELS) -> tuple
     """Submit as ``atelier analyze`` does (create_job, commit, publish the dispatch) and wait."""
     from common.schemas import ItemIn
     from gateway import jobs
-    from worker.celery_app import DISPATCH_JOB_TASK
-    from worker.celery_app import app as celery_app
+    from worker.celery_app import dispatch_job
 
     with session_factory()() as session:
         created = jobs.create_job(session, items=[ItemIn(url=u) for u in urls], models=models)
         session.commit()
-    celery_app.send_task(
-        DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=get_settings().queues.orchestrator
-    )
+    dispatch_job(created.job_id)
     _wait_finished(stack, created.job_id)
     with session_factory()() as session:
         view = jobs.job_view(session, created.job_id, items_limit=0)

@@ -15,7 +15,7 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,8 +37,18 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     # a SIGTERM unwinds like Ctrl-C, so the context managers below stop every process they started
     signal.signal(signal.SIGTERM, _interrupt)
-    result = {"machine": _machine(), "config": vars(args) | {"json": str(args.json)}, **_measure(args)}
-    print(format_report(result))
+    emit(args, _machine(), _measure(args), format_report)
+
+
+def emit(
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    measured: dict[str, Any],
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """Print a benchmark's report and write the same numbers, with the machine and flags, as JSON."""
+    result = {"machine": machine, "config": vars(args) | {"json": str(args.json)}, **measured}
+    print(report(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nJSON: {args.json}")

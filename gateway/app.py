@@ -21,8 +21,7 @@ from db.session import session_factory
 from gateway import jobs
 from gateway.settings import get_gateway_settings
 from services.registry import SERVICES
-from worker.celery_app import DISPATCH_JOB_TASK
-from worker.celery_app import app as celery_app
+from worker.celery_app import dispatch_job
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +44,7 @@ def _submit(session: Session, build: Any) -> JobCreated:
     """Create the rows, commit, and only then publish: a worker never sees an item that is not there."""
     created: JobCreated = build()
     session.commit()
-    celery_app.send_task(
-        DISPATCH_JOB_TASK, args=[str(created.job_id)], queue=get_settings().queues.orchestrator
-    )
+    dispatch_job(created.job_id)
     return created
 
 

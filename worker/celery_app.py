@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from celery import Celery
 
 from common.settings import get_settings
@@ -41,3 +43,8 @@ def make_celery() -> Celery:
 
 
 app = make_celery()
+
+
+def dispatch_job(job_id: uuid.UUID) -> None:
+    """Publish a job to the orchestrator; call it only after the transaction that created the job commits."""
+    app.send_task(DISPATCH_JOB_TASK, args=[str(job_id)], queue=get_settings().queues.orchestrator)
