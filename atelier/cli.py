@@ -118,12 +118,31 @@ def classifier_train(
         fields["weights"] = None if weights == "none" else weights
     version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    sys.stdout.write(
-        json.dumps(
-            {"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]}, indent=2
-        )
-        + "\n"
-    )
+    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
+
+
+@classifier_app.command("predict")
+def classifier_predict(
+    image: Path,
+    box: Annotated[
+        list[str] | None, typer.Option(help="x1,y1,x2,y2: classify this crop (repeatable)")
+    ] = None,
+) -> None:
+    """The newest classifier version on one image, or on crops of it; prints JSON."""
+    from PIL import Image
+
+    from common.settings import get_settings
+    from services.registry import get_spec
+
+    model = get_spec("classifier").build(get_settings().model_repository)
+    model.load()
+    picture = Image.open(image).convert("RGB")
+    try:
+        boxes = [[float(v) for v in b.split(",")] for b in box or []]
+    except ValueError as exc:
+        raise typer.BadParameter(f"a box is x1,y1,x2,y2: {exc}", param_hint="--box") from exc
+    predictions = model.predict_crops(picture, boxes) if boxes else model.predict([picture])
+    _print_json({"version": model.version, "predictions": [p.output for p in predictions]})
 
 
 @classifier_app.command("explain")
@@ -145,6 +164,82 @@ def classifier_explain(
     [prediction] = model.predict([picture])
     out.write_bytes(overlay_png(picture, gradcam(model, picture, head)))  # type: ignore[arg-type]
     err.print(f"{head}: {prediction.output[head]['label']} ({prediction.output[head]['score']:.3f}) → {out}")
+
+
+detector_app = typer.Typer(no_args_is_help=True, help="The detector (run in its environment, .venv-torch).")
+app.add_typer(detector_app, name="detector")
+
+
+@detector_app.command("convert")
+def detector_convert(
+    annos: Annotated[Path, typer.Argument(help="DeepFashion2 annos/ (one JSON per image)")],
+    images: Annotated[Path, typer.Argument(help="the matching image/ directory")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the COCO instances JSON to write")],
+) -> None:
+    """DeepFashion2 annotations → one COCO instances JSON (landmarks as keypoints)."""
+    from services.detector.convert import convert
+
+    coco, report = convert(annos, images)
+    out.write_text(json.dumps(coco))
+    err.print(report.summary())
+
+
+@detector_app.command("train")
+def detector_train(
+    train_json: Path,
+    train_images: Path,
+    test_json: Path,
+    test_images: Path,
+    preset: Annotated[str, typer.Option(help="r50-fpn, r101-fpn or r18-fpn-scratch")] = "r50-fpn",
+    config: Annotated[Path | None, typer.Option(help="JSON TrainConfig fields over the preset")] = None,
+    max_iter: int | None = None,
+    weights: Annotated[str | None, typer.Option(help="'zoo', 'none' or a checkpoint path")] = None,
+    resume: Annotated[bool, typer.Option(help="go on from an interrupted run's checkpoint")] = False,
+) -> None:
+    """Train a new detector version (COCO-format data) into the model repository; print its AP."""
+    from common.settings import get_settings
+    from services.detector.config import PRESETS, TrainConfig
+    from services.detector.train import train
+
+    if preset not in PRESETS:
+        known = ", ".join(PRESETS)
+        raise typer.BadParameter(f"unknown preset {preset!r}; one of {known}", param_hint="--preset")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    fields = PRESETS[preset].model_dump()
+    fields.update(json.loads(config.read_text()) if config else {})
+    if max_iter is not None:
+        fields["max_iter"] = max_iter
+    if weights is not None:
+        fields["weights"] = None if weights == "none" else weights
+    repository = get_settings().model_repository
+    version_dir = train(
+        train_json, train_images, test_json, test_images, TrainConfig(**fields), repository, resume=resume
+    )
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
+
+
+@detector_app.command("evaluate")
+def detector_evaluate(
+    test_json: Path,
+    test_images: Path,
+    version: Annotated[str | None, typer.Option(help="a version; the newest when omitted")] = None,
+) -> None:
+    """Box and mask AP of a detector version on a COCO-format dataset."""
+    from common.settings import get_settings
+    from services.base import latest_version_dir
+    from services.detector.train import evaluate
+
+    model_dir = get_settings().model_repository / "detector"
+    version_dir = model_dir / version if version else latest_version_dir(model_dir)
+    if version_dir is None or not version_dir.is_dir():
+        err.print(f"no detector version {version or ''} in {model_dir}")
+        raise typer.Exit(3)
+    _print_json({"version": version_dir.name, "metrics": evaluate(version_dir, test_json, test_images)})
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
 @app.command()

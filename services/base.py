@@ -55,6 +55,10 @@ class Model(ABC):
     @abstractmethod
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]: ...
 
+    def predict_crops(self, image: Image.Image, boxes: Sequence[Sequence[float]]) -> list[Prediction]:
+        """Each box ``[x1, y1, x2, y2]`` of ``image`` cropped and predicted, in one batch."""
+        return self.predict([image.crop((box[0], box[1], box[2], box[3])) for box in boxes])
+
     def explain(self, image: Image.Image, prediction: Prediction) -> dict[str, bytes]:
         """PNG pictures that show why ``prediction`` came out as it did, by name; none by default."""
         return {}
@@ -69,6 +73,8 @@ class ServiceSpec:
     builtin_version: str | None = None  # model-free analysers have a code version instead of an artifact
     description: str = ""
     explains: bool = False  # its Model.explain gives pictures for people (Grad-CAM)
+    # the service that classifies the garment crops of this one's output ("garments", each with a "box")
+    crops_to: str | None = None
     queue_attr: str = field(default="")  # attribute of QueueSettings; defaults to the service name
 
     def queue(self, queues: Any) -> str:

@@ -12,6 +12,7 @@ from worker.settings import get_worker_settings
 DISPATCH_JOB_TASK = "atelier.dispatch_job_task"
 FETCH_TASK = "atelier.fetch_task"
 ANALYSE_TASK = "atelier.analyse_task"
+CROPS_TASK = "atelier.crops_task"
 
 
 def make_celery() -> Celery:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Executable, Row, bindparam, case, func, select, update
+from sqlalchemy import Executable, Float, Integer, Row, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -157,6 +157,7 @@ _CLAIM_RERUN_FOR_EXPLANATIONS = (
     )
     .values(
         status=ResultStatus.pending,
+        output=None,
         options=ModelResult.options.op("||")(bindparam("add_options", type_=JSONB)),
         claimed_by_item=bindparam("by_item"),
         attempts=0,
@@ -185,11 +186,34 @@ _WRITE_RESULT = (
         status=bindparam("status"),
         output=bindparam("output", type_=JSONB),
         error=bindparam("error"),
-        batch_size=bindparam("batch_size"),
-        inference_ms=bindparam("inference_ms"),
+        # a staged result (garments waiting for their crops' classes) keeps its own batch and timing
+        batch_size=func.coalesce(bindparam("batch_size", type_=Integer), ModelResult.batch_size),
+        inference_ms=func.coalesce(bindparam("inference_ms", type_=Float), ModelResult.inference_ms),
         finished_at=_NOW,
     )
     .returning(ModelResult.id)
+)
+# a model's output written while it stays pending: the next stage (garment crops) completes it
+_STAGE_RESULT = (
+    update(ModelResult)
+    .where(ModelResult.id == bindparam("result_id"), ModelResult.status == ResultStatus.pending)
+    .values(
+        output=bindparam("output", type_=JSONB),
+        batch_size=bindparam("batch_size"),
+        inference_ms=bindparam("inference_ms"),
+    )
+    .returning(ModelResult.id)
+)
+_STAGED_RESULT = select(
+    ModelResult.image_id,
+    ModelResult.model_name,
+    ModelResult.model_version,
+    ModelResult.attempts,
+    ModelResult.output,
+).where(
+    ModelResult.id == bindparam("result_id"),
+    ModelResult.status == ResultStatus.pending,
+    ModelResult.output.is_not(None),
 )
 _IMAGE_RESULTS = select(
     ModelResult.model_name,
@@ -367,6 +391,33 @@ def claim_analysis(session: Session, result_id: uuid.UUID, blob_key: str) -> Ana
     if row is None:
         return None
     return AnalysisClaim(result_id, row[0], blob_key, row[1], row[2], row[3], bool(row[4].get("explain")))
+
+
+def stage_analysis(
+    session: Session, claim: AnalysisClaim, *, output: dict[str, Any], batch_size: int, inference_ms: float
+) -> bool:
+    """Write a model's output but leave its result pending, for a next stage (garment crops) to complete.
+
+    False when the result is no longer pending (a redelivery that another delivery finished).
+    """
+    params = {
+        "result_id": claim.result_id,
+        "output": output,
+        "batch_size": batch_size,
+        "inference_ms": inference_ms,
+    }
+    return _run(session, _STAGE_RESULT, params).first() is not None
+
+
+def staged_analysis(
+    session: Session, result_id: uuid.UUID, blob_key: str
+) -> tuple[AnalysisClaim, dict[str, Any]] | None:
+    """A staged result and its output; None when it finished already or was never staged."""
+    row = _run(session, _STAGED_RESULT, {"result_id": result_id}).one_or_none()
+    if row is None:
+        return None
+    claim = AnalysisClaim(result_id, row[0], blob_key, row[1], row[2], row[3])
+    return claim, dict(row[4])
 
 
 def complete_analysis(

@@ -25,6 +25,8 @@ class WorkerSettings(BaseSettings):
     # go through one predict() call
     max_batch: int = 8
     max_wait_ms: float = 20.0
+    # garments found by a detecting service go to its crops service (the classifier) when one is available
+    classify_crops: bool = True
 
 
 @lru_cache

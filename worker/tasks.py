@@ -24,7 +24,7 @@ from db.session import reset_engine, transaction
 from services.base import Availability, Model, Prediction
 from services.registry import get_spec
 from worker import pipeline
-from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
+from worker.celery_app import ANALYSE_TASK, CROPS_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,10 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
             except Exception as exc:
                 _retry_or_fail_analysis(claim, exc)
                 continue
+        crops_to = _crops_service(claim.model_name, output)
+        if crops_to is not None:
+            _stage_for_crops(claim, output, crops_to, batch_size=len(claims), inference_ms=ms)
+            continue
         with transaction() as session:
             pipeline.complete_analysis(
                 session,
@@ -179,6 +183,80 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
                 batch_size=len(claims),
                 inference_ms=ms,
             )
+
+
+def _crops_service(model_name: str, output: dict[str, Any]) -> str | None:
+    """The service that classifies this output's garment crops, when it has garments and one is up.
+
+    An unavailable crops service is recorded in the output (``garment_classification.skipped``).
+    """
+    crops_to = get_spec(model_name).crops_to
+    if crops_to is None or not output.get("garments") or not get_worker_settings().classify_crops:
+        return None
+    availability = _availability(crops_to)
+    if not availability.available:
+        output["garment_classification"] = {"model": crops_to, "skipped": availability.reason}
+        return None
+    return crops_to
+
+
+def _stage_for_crops(
+    claim: pipeline.AnalysisClaim,
+    output: dict[str, Any],
+    crops_to: str,
+    *,
+    batch_size: int,
+    inference_ms: float,
+) -> None:
+    """Write the detections, leave the result pending, queue its crops to ``crops_to``'s workers."""
+    with transaction() as session:
+        staged = pipeline.stage_analysis(
+            session, claim, output=output, batch_size=batch_size, inference_ms=inference_ms
+        )
+    if staged:
+        queue = get_spec(crops_to).queue(get_settings().queues)
+        crops_task.apply_async((str(claim.result_id), claim.blob_key), queue=queue)
+
+
+@app.task(name=CROPS_TASK, bind=True)
+def crops_task(self: Task, result_id: str, blob_key: str) -> None:
+    """Classify each garment of a staged result (its crop, by its box), then complete the result.
+
+    Runs in the crops service's worker (the classifier): all of an image's crops in one batch.
+    """
+    with transaction() as session:
+        staged = pipeline.staged_analysis(session, uuid.UUID(result_id), blob_key)
+    if staged is None:
+        return  # finished already (a redelivery), or re-claimed by its own service
+    claim, output = staged
+    try:
+        model = served_model()
+        settings = get_settings()
+        image = decode_image(blob_store(settings.blob_dir).get(blob_key), settings.fetch.max_pixels)
+        garments = output["garments"]
+        started = time.perf_counter()
+        predictions = model.predict_crops(image, [garment["box"] for garment in garments])
+        ms = (time.perf_counter() - started) * 1000.0
+    except Exception as exc:
+        if _may_retry(self):
+            log.warning("garment crops of %s failed, retrying: %r", result_id, exc)
+            raise self.retry(countdown=_backoff(self.request.retries), exc=exc) from exc
+        log.error("garment crops of %s failed for good: %r", result_id, exc)
+        with transaction() as session:
+            pipeline.complete_analysis(session, claim, output=None, error=f"garment crops: {exc!r}")
+        return
+    output["garments"] = [
+        {**garment, "classification": prediction.output}
+        for garment, prediction in zip(garments, predictions, strict=True)
+    ]
+    output["garment_classification"] = {
+        "model": model.name,
+        "version": model.version,
+        "crops": len(predictions),
+        "inference_ms": round(ms, 2),
+    }
+    with transaction() as session:
+        pipeline.complete_analysis(session, claim, output=output)
 
 
 def _store_explanations(claim: pipeline.AnalysisClaim, prediction: Prediction) -> dict[str, str]:

@@ -114,9 +114,9 @@ class ClassifierModel(Model):
             for head in self.heads
         }
 
-    def predict_crops(self, image: Image.Image, boxes: Sequence[Box]) -> list[Prediction]:
+    def predict_crops(self, image: Image.Image, boxes: Sequence[Sequence[float]]) -> list[Prediction]:
         """Each garment box cropped (with the configured margin), then the same preprocessing."""
-        return self.predict([crop(image, box, self.settings.crop_margin) for box in boxes])
+        return self.predict([crop(image, _box(box), self.settings.crop_margin) for box in boxes])
 
     def predict_arrays(self, batch: NDArray[np.float32]) -> list[Prediction]:
         if self.net is None:
@@ -135,6 +135,11 @@ class ClassifierModel(Model):
             output[head] = {"label": top[0]["label"], "score": top[0]["score"], "top": top}
         embedding = np.asarray(raw[EMBEDDING][i], dtype=np.float64)
         return Prediction(output=output, embedding=[float(v) for v in embedding])
+
+
+def _box(box: Sequence[float]) -> Box:
+    x1, y1, x2, y2 = box
+    return (x1, y1, x2, y2)
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ SPEC = ServiceSpec(
     description=(
         "Detectron2 Mask R-CNN on DeepFashion2: 13 garment categories with boxes and masks; torch environment"
     ),
+    crops_to="classifier",
 )
 
 
@@ -29,7 +30,7 @@ class DetectorSettings(BaseSettings):
 
     test_size: int | None = None  # shorter image side at inference; the version's own when None
     max_size: int | None = None
-    score_threshold: float = 0.5
+    score_threshold: float | None = None  # detections kept from this score; the version's own when None
     device: str = "auto"  # "cpu", "cuda", or "auto": cuda when available
 
 
@@ -59,3 +60,41 @@ class TrainConfig(BaseModel):
     seed: int = 0
     # further config keys and values, as Detectron2's command line takes them (e.g. lighter heads)
     opts: list[str] = Field(default_factory=list)
+
+
+# R18-FPN from scratch with GroupNorm and light heads, for machines without pretrained weights or a GPU:
+# FrozenBN diverges from scratch; the model zoo's 4-conv GN box head and 256-channel heads cost 4x more
+# per iteration on CPU than the whole backbone at these sizes (measured; bench/README.md)
+SCRATCH_OPTS = [
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "128",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV", "0",
+    "MODEL.ROI_BOX_HEAD.NUM_FC", "2",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "512",
+    "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "128",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV", "2",
+    "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "2",
+]  # fmt: skip
+
+PRESETS: dict[str, TrainConfig] = {
+    # DeepFashion2 at the zoo's schedule scaled to its 191k training images, COCO-pretrained
+    "r50-fpn": TrainConfig(),
+    "r101-fpn": TrainConfig(base="COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"),
+    "r18-fpn-scratch": TrainConfig(
+        base="Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml",
+        weights=None,
+        base_lr=0.04,
+        max_iter=2_000,
+        warmup_iters=50,
+        steps=(1_500,),
+        min_size_train=(256,),
+        max_size_train=256,
+        min_size_test=256,
+        max_size_test=256,
+        num_workers=1,
+        opts=SCRATCH_OPTS,
+    ),
+}

@@ -64,7 +64,8 @@ class DetectorModel(Model):
         cfg.merge_from_file(str(self.version_dir / CONFIG))
         cfg.MODEL.WEIGHTS = str(self.version_dir / WEIGHTS)
         cfg.MODEL.DEVICE = device_for(self.settings.device)
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = self.settings.score_threshold
+        if self.settings.score_threshold is not None:
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = self.settings.score_threshold
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(self.classes):
             raise ArtifactError(
                 f"the config has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes, "

@@ -3,7 +3,7 @@
 A Detectron2 ``DefaultTrainer`` on a model-zoo config (COCO-pretrained weights through the zoo when
 reachable), evaluated with ``COCOEvaluator`` on the pycocotools path (``use_fast_impl=False``: the
 registry's Detectron2 has no C++ evaluator), with periodic checkpoints and resume. The version is
-evaluated again through the serving code, whose predictions on the test set are kept beside it.
+published with the evaluator's detections on the test set, which the served model must reproduce.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from common.blobstore import sha256_file
 from services.base import publish_version
 from services.detector.config import TrainConfig
 from services.detector.dataset import register
-from services.detector.model import CONFIG, MANIFEST, WEIGHTS, DetectorModel, device_for
+from services.detector.model import CONFIG, MANIFEST, WEIGHTS, device_for
+
+PREDICTIONS = "predictions_test.json"
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +86,39 @@ def train(
     work = repository / "detector" / ".training"
     work.mkdir(parents=True, exist_ok=True)
     cfg = make_cfg(config, classes, "atelier_detector_train", "atelier_detector_test", work)
+    started = time.monotonic()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()
+    seconds = time.monotonic() - started
     metrics = Trainer.test(cfg, trainer.model)
-    version_dir = _publish(cfg, classes, config, metrics, test_json, test_images, repository)
+    version_dir = _publish(cfg, classes, config, metrics, seconds, repository)
     shutil.rmtree(work, ignore_errors=True)
     return version_dir
+
+
+def evaluate(version_dir: Path, test_json: Path, test_images: Path) -> dict[str, Any]:
+    """A published version's box and mask AP (COCO, pycocotools) on a COCO-format dataset."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from services.detector.model import read_manifest, verify_files
+
+    manifest = read_manifest(version_dir)
+    verify_files(version_dir, manifest)
+    classes = register("atelier_detector_eval", test_json, test_images)
+    if classes != manifest["classes"]:
+        raise ValueError(f"the dataset's classes {classes} are not the version's {manifest['classes']}")
+    cfg = get_cfg()
+    cfg.merge_from_file(str(version_dir / CONFIG))
+    cfg.MODEL.WEIGHTS = str(version_dir / WEIGHTS)
+    cfg.MODEL.DEVICE = device_for("auto")
+    cfg.DATASETS.TEST = ("atelier_detector_eval",)
+    with tempfile.TemporaryDirectory() as out:
+        cfg.OUTPUT_DIR = out
+        net = build_model(cfg)
+        DetectionCheckpointer(net).load(cfg.MODEL.WEIGHTS)
+        return dict(_plain(Trainer.test(cfg, net)))
 
 
 def _publish(
@@ -97,8 +126,7 @@ def _publish(
     classes: list[str],
     config: TrainConfig,
     metrics: dict[str, Any],
-    test_json: Path,
-    test_images: Path,
+    train_seconds: float,
     repository: Path,
 ) -> Path:
     model_dir = repository / "detector"
@@ -116,33 +144,15 @@ def _publish(
         "score_threshold": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
         "base_config": config.base,
         "train_config": config.model_dump(mode="json"),
+        "train_seconds": round(train_seconds, 1),
         "metrics": _plain(metrics),
         "files": {name: sha256_file(staging / name) for name in (WEIGHTS, CONFIG)},
     }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    predictions = _serve_test_set(staging, test_json, test_images)
-    (staging / "predictions_test.json").write_text(json.dumps(predictions))
-    manifest["files"]["predictions_test.json"] = sha256_file(staging / "predictions_test.json")
+    # the evaluator's own detections on the test set (COCO results): what the served worker must match
+    shutil.copy(Path(cfg.OUTPUT_DIR) / "eval" / "coco_instances_results.json", staging / PREDICTIONS)
+    manifest["files"][PREDICTIONS] = sha256_file(staging / PREDICTIONS)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return publish_version(staging, model_dir)
-
-
-def _serve_test_set(version_dir: Path, test_json: Path, test_images: Path) -> dict[str, Any]:
-    """The test images through the serving code: what the worker must store for them."""
-    from PIL import Image
-
-    from services.detector.config import DetectorSettings
-
-    model = DetectorModel(version_dir, DetectorSettings(device=device_for("auto")))
-    model.load()
-    names = [entry["file_name"] for entry in json.loads(test_json.read_text())["images"]]
-    outputs: dict[str, Any] = {}
-    for start in range(0, len(names), 4):
-        chunk = names[start : start + 4]
-        images = [Image.open(test_images / name).convert("RGB") for name in chunk]
-        for name, prediction in zip(chunk, model.predict(images), strict=True):
-            outputs[name] = prediction.output
-    return outputs
 
 
 def _plain(metrics: Any) -> Any:

@@ -1,8 +1,110 @@
 """The detector's tests run in the torch environment (.venv-torch, Detectron2 from deploy/detectron2);
-elsewhere they are skipped."""
+elsewhere they are skipped. One small detector is trained per run and shared."""
 
 from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("detectron2", reason="the detector tests run in .venv-torch (scripts/test.sh)")
+
+from services.detector.config import PRESETS  # noqa: E402
+from tests.conftest import Infra  # noqa: E402
+from tests.detector.scenes import write_coco  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = 192  # generated scenes, shorter side at training and test time
+
+# the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
+SMALL = PRESETS["r18-fpn-scratch"].model_copy(
+    update={
+        "max_iter": 400,
+        "steps": (),
+        "checkpoint_period": 200,
+        "min_size_train": (SIZE,),
+        "max_size_train": SIZE,
+        "min_size_test": SIZE,
+        "max_size_test": SIZE,
+        "score_threshold": 0.3,
+    }
+)
+
+
+@dataclass(frozen=True)
+class TrainedDetector:
+    version_dir: Path
+    test_json: Path
+    test_images: Path
+
+
+@pytest.fixture(scope="session")
+def trained_detector(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> TrainedDetector:
+    from common.settings import get_settings
+    from services.detector.train import train
+
+    logging.getLogger("detectron2").setLevel(logging.INFO)
+    train_dir, test_dir = tmp_path_factory.mktemp("scenes-train"), tmp_path_factory.mktemp("scenes-test")
+    train_json = write_coco(train_dir, 200, seed=0, size=SIZE)
+    test_json = write_coco(test_dir, 40, seed=1, size=SIZE)
+    repository = get_settings().model_repository
+    version_dir = train(train_json, train_dir / "images", test_json, test_dir / "images", SMALL, repository)
+    return TrainedDetector(version_dir, test_json, test_dir / "images")
+
+
+def classifier_python() -> Path:
+    """The classifier's own interpreter (TensorFlow never loads beside torch)."""
+    configured = os.environ.get("ATELIER_CLASSIFIER_PYTHON")
+    path = Path(configured) if configured else ROOT / ".venv-classifier" / "bin" / "python"
+    if not path.exists():
+        pytest.skip(f"no classifier environment at {path} (scripts/test.sh builds .venv-classifier)")
+    return path
+
+
+def run_classifier(*args: str) -> str:
+    """``atelier <args>`` in the classifier's environment, with this session's settings; its stdout."""
+    done = subprocess.run(
+        [str(classifier_python()), "-m", "atelier.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def crop_classifier(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small classifier version (generated garments, 32 px, from scratch) trained in its own environment:
+    what the detector's garment crops go to."""
+    from common.settings import get_settings
+
+    data = tmp_path_factory.mktemp("garments")
+    subprocess.run(
+        [
+            str(classifier_python()),
+            "-c",
+            f"from tests.classifier.garments import write_dataset; write_dataset({str(data)!r}, 120, 0)",
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+    )
+    config = data / "config.json"
+    config.write_text(
+        json.dumps({"heads": ["gender", "articleType"], "pooling": "flatten", "embedding_dim": 32})
+    )
+    out = run_classifier(
+        "classifier", "train", str(data), "--config", str(config), "--input-size", "32", "--head-epochs", "1",
+        "--finetune-epochs", "1", "--min-images-per-class", "5", "--weights", "none",
+    )  # fmt: skip
+    version_dir = Path(json.loads(out)["path"])
+    assert version_dir.parent == get_settings().model_repository / "classifier"
+    return version_dir
