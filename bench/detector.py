@@ -1,0 +1,285 @@
+"""The detector's speed, side by side in one run: the batched serving model against Detectron2's
+``DefaultPredictor`` called per image, at test sizes 512 and 800 and batches 1, 2, 4; then through the
+detector's Celery worker against the same work done directly.
+
+    .venv-torch/bin/python -m bench.detector [--rounds R] [--images N] [--device cpu|cuda] [--json PATH]
+
+Run it with the torch environment's interpreter. The network is the serving preset (Mask R-CNN R50-FPN,
+13 DeepFashion2 classes) with random weights, written as a real model-repository version, so nothing is
+downloaded. Random weights score every box alike, so each image is held to exactly ``DETECTIONS`` kept
+detections (score threshold 0, ``TEST.DETECTIONS_PER_IMAGE``): the mask head then does the work of a
+photo with that many garments. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atelier.stack import DEFAULT_WORKERS, Stack, WorkerPlan
+from bench import orchestration
+from bench.pipeline import THREAD_VARIABLES, _interrupt, _progress, _table, emit
+from bench.servers import bench_home, configure, embedded_servers
+from bench.synthetic import garment_jpegs
+from common.blobstore import sha256_file
+from common.images import decode_image
+from common.settings import get_settings
+from services.detector.categories import CATEGORIES
+from services.detector.config import PRESETS, DetectorSettings
+from services.detector.model import CONFIG, MANIFEST, WEIGHTS, DetectorModel
+from services.detector.train import make_cfg
+from tests.support.imageserver import serve
+from worker.settings import get_worker_settings
+
+DEFAULT_JSON = Path(__file__).with_name("results") / "detector.json"
+TEST_SIZES = (512, 800)
+BATCH_SIZES = (1, 2, 4)
+IMAGES_PER_ROUND = 4  # per test size, batch size and way; at least one call
+DETECTIONS = 5  # kept per image: the garments of a typical photo
+IMAGE_SIDE = 640  # generated photos, resized to each test size
+WARMUP_IMAGES = 4
+MODELS = ["detector"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    emit(args, _machine(args), _measure(args), format_report)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.detector", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of (1)")
+    parser.add_argument("--images", type=int, default=24, help="images in the worker's job (2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-worker", action="store_true", help="only (1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.rounds < 1:
+        parser.error(f"--images and --rounds must be at least 1, not {args.images} and {args.rounds}")
+    return args
+
+
+def _machine(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+    }
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    _progress(f"generating {WARMUP_IMAGES + args.images} JPEGs of {IMAGE_SIDE} px")
+    jpegs = garment_jpegs(WARMUP_IMAGES + args.images, seed=args.seed, size=IMAGE_SIDE)
+    max_pixels = get_settings().fetch.max_pixels
+    images = [decode_image(data, max_pixels) for data in jpegs]
+    with bench_home() as home:
+        _progress("writing an R50-FPN version with random weights")
+        version_dir = write_artifact(home / "models")
+        _progress(f"(1) batched GeneralizedRCNN against DefaultPredictor, {args.rounds} rounds")
+        alone = run_alone(version_dir, images[:IMAGES_PER_ROUND], args.rounds, args.device)
+        worker = None if args.skip_worker else run_worker(home, version_dir, jpegs, images, args.device)
+    return {"alone": alone, "worker": worker, "detections_per_image": DETECTIONS}
+
+
+def write_artifact(repository: Path) -> Path:
+    """``<repository>/detector/1``: the files ``train._publish`` writes, less the evaluation."""
+    torch.manual_seed(0)
+    version_dir = repository / "detector" / "1"
+    version_dir.mkdir(parents=True)
+    cfg = make_cfg(PRESETS["r50-fpn"], list(CATEGORIES), "train", "test", version_dir)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
+    cfg.MODEL.DEVICE = "cpu"
+    from detectron2.modeling import build_model
+
+    torch.save({"model": build_model(cfg).state_dict()}, version_dir / WEIGHTS)
+    cfg.MODEL.WEIGHTS = WEIGHTS
+    (version_dir / CONFIG).write_text(cfg.dump())
+    manifest = {
+        "name": "detector",
+        "framework": "detectron2",
+        "torch_version": torch.__version__,
+        "classes": list(CATEGORIES),
+        "score_threshold": 0.0,
+        "files": {name: sha256_file(version_dir / name) for name in (WEIGHTS, CONFIG)},
+    }
+    (version_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return version_dir
+
+
+def _serving(version_dir: Path, size: int, device: str) -> DetectorModel:
+    model = DetectorModel(version_dir, DetectorSettings(test_size=size, max_size=1333, device=device))
+    model.load()
+    return model
+
+
+def _default_predictor(model: DetectorModel) -> Callable[[np.ndarray], Any]:
+    from detectron2.engine import DefaultPredictor
+
+    assert model.cfg is not None and model.resize is not None
+    cfg = model.cfg.clone()
+    cfg.INPUT.MIN_SIZE_TEST = model.resize.short_edge_length[0]
+    cfg.MODEL.WEIGHTS = str(model.version_dir / WEIGHTS)
+    return DefaultPredictor(cfg)  # type: ignore[no-any-return]
+
+
+def run_alone(version_dir: Path, images: Sequence[Image.Image], rounds: int, device: str) -> dict[str, Any]:
+    """Per test size: ``DetectorModel.predict`` on lists of 1, 2, 4 images (one forward each), and
+    ``DefaultPredictor`` on each image alone (BGR arrays, its own resize), interleaved round by round.
+    Both include the resize, the forward pass and moving outputs to the CPU; ``predict`` also encodes
+    the masks as RLE."""
+    bgr = [np.asarray(image)[:, :, ::-1] for image in images]
+    results: dict[str, Any] = {}
+    for size in TEST_SIZES:
+        model = _serving(version_dir, size, device)
+        predictor = _default_predictor(model)
+        ways: dict[str, Callable[[], None]] = {
+            f"batch {b}": _batched(model, images, b) for b in BATCH_SIZES
+        } | {"DefaultPredictor": _per_image(predictor, bgr)}
+        for way in ways.values():
+            way()  # warm-up
+        seconds: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(rounds):
+            for name, way in ways.items():
+                seconds[name].append(_timed(way, device))
+        per_image = {name: statistics.median(s) / len(images) for name, s in seconds.items()}
+        results[str(size)] = {
+            name: {
+                "images_per_s": 1.0 / per_image[name],
+                "ms_per_image": 1000.0 * per_image[name],
+                "ratio_to_default_predictor": per_image["DefaultPredictor"] / per_image[name],
+            }
+            for name in ways
+        }
+        garments = model.predict(list(images[:1]))[0].output["garments"]
+        assert len(garments) == DETECTIONS, f"{len(garments)} detections, not {DETECTIONS}"
+    return results
+
+
+def _batched(model: DetectorModel, images: Sequence[Image.Image], batch: int) -> Callable[[], None]:
+    def run() -> None:
+        for start in range(0, len(images), batch):
+            model.predict(list(images[start : start + batch]))
+
+    return run
+
+
+def _per_image(predictor: Callable[[np.ndarray], Any], bgr: Sequence[np.ndarray]) -> Callable[[], None]:
+    def run() -> None:
+        for image in bgr:
+            predictor(image)
+
+    return run
+
+
+def _timed(call: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    call()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run_worker(
+    home: Path, version_dir: Path, jpegs: Sequence[bytes], images: Sequence[Image.Image], device: str
+) -> dict[str, Any]:
+    """A job through the orchestrator and the detector worker (test size 512, the worker's micro-batch),
+    between two halves of the same work done directly (A-B-A)."""
+    batch = get_worker_settings().max_batch
+    measured = images[WARMUP_IMAGES:]
+    split = batch * math.ceil(len(measured) / batch / 2)
+    model = _serving(version_dir, 512, device)
+    model.predict(list(images[:batch]))
+    _progress(f"(2) direct, first half: decode_image + DetectorModel.predict, batch {batch}")
+    first = _direct(model, jpegs[WARMUP_IMAGES:][:split], batch, device)
+    os.environ["ATELIER_DETECTOR_TEST_SIZE"] = "512"
+    os.environ["ATELIER_DETECTOR_DEVICE"] = device
+    os.environ["ATELIER_WORKER_CLASSIFY_CROPS"] = "false"
+    with serve() as image_server, embedded_servers(home) as servers:
+        configure(home, servers, allow_hosts=[image_server.authority])
+        urls = orchestration.serve_images(image_server, jpegs)
+        _progress(f"(2) pipeline: warm-up job of {WARMUP_IMAGES}, then the measured job of {len(measured)}")
+        workers = (DEFAULT_WORKERS[0], WorkerPlan("detector", python=sys.executable))
+        with Stack(home, workers=workers) as stack:
+            warmup = orchestration._run_job(stack, urls[:WARMUP_IMAGES], MODELS)
+            orchestration._check_done(*warmup, WARMUP_IMAGES)
+            started = time.perf_counter()
+            job_id, counts = orchestration._run_job(stack, urls[WARMUP_IMAGES:], MODELS)
+            wall_s = time.perf_counter() - started
+        orchestration._check_done(job_id, counts, len(measured))
+    _progress("(2) direct, second half")
+    second = _direct(model, jpegs[WARMUP_IMAGES:][split:], batch, device)
+    direct_s = first + second
+    return {
+        "images": len(measured),
+        "batch": batch,
+        "pipeline_images_per_s": len(measured) / wall_s,
+        "direct_images_per_s": len(measured) / direct_s,
+        "direct_images_per_s_before_after": [
+            len(measured[:split]) / first,
+            len(measured[split:]) / second if second else None,
+        ],
+        "ratio_pipeline_to_direct": direct_s / wall_s,
+    }
+
+
+def _direct(model: DetectorModel, jpegs: Sequence[bytes], batch: int, device: str) -> float:
+    """What the worker computes per micro-batch: decode, one ``predict``; seconds in all."""
+    max_pixels = get_settings().fetch.max_pixels
+
+    def run() -> None:
+        for start in range(0, len(jpegs), batch):
+            model.predict([decode_image(data, max_pixels) for data in jpegs[start : start + batch]])
+
+    return _timed(run, device)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    head = (
+        f"{m['cpu_cores']} CPU cores, {m['platform']}, Python {m['python']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads) on {m['device']}; {result['detections_per_image']} detections/image"
+    )
+    lines = [head, "", "(1) Mask R-CNN R50-FPN, images per second (ratio to DefaultPredictor per image)"]
+    rows = []
+    for size, ways in result["alone"].items():
+        for name, r in ways.items():
+            ratio = f"{r['ratio_to_default_predictor']:.2f}x"
+            rows.append([size, name, f"{r['images_per_s']:.2f}", f"{r['ms_per_image']:.0f}", ratio])
+    lines += _table(["test size", "way", "images/s", "ms/image", "vs DefaultPredictor"], rows)
+    w = result["worker"]
+    if w is not None:
+        lines += [
+            "",
+            f"(2) through the detector worker, test size 512, micro-batch {w['batch']}: "
+            f"{w['pipeline_images_per_s']:.2f} images/s against {w['direct_images_per_s']:.2f} directly "
+            f"(before/after {', '.join(f'{v:.2f}' for v in w['direct_images_per_s_before_after'] if v)}): "
+            f"{w['ratio_pipeline_to_direct']:.2f} of direct throughput",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
