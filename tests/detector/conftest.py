@@ -24,9 +24,9 @@ SIZE = 192  # generated scenes, shorter side at training and test time
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
 SMALL = PRESETS["r18-fpn-scratch"].model_copy(
     update={
-        "max_iter": 400,
+        "max_iter": 300,
         "steps": (),
-        "checkpoint_period": 200,
+        "checkpoint_period": 150,
         "min_size_train": (SIZE,),
         "max_size_train": SIZE,
         "min_size_test": SIZE,

@@ -4,7 +4,6 @@ pass, and each garment it finds is cropped and classified by the classifier's wo
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,17 +91,20 @@ def test_each_garment_crop_is_classified_by_the_classifier(
             assert garment["classification"][head]["score"] == pytest.approx(alone[head]["score"], abs=1e-4)
 
 
-def test_garments_are_not_classified_without_a_classifier(tmp_path: Path) -> None:
+def test_garments_are_not_classified_without_a_classifier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With no classifier version, the detector's result says so instead of waiting for one."""
-    code = (
-        "from worker import tasks\n"
-        "out = {'garments': [{'box': [0, 0, 4, 4]}]}\n"
-        "assert tasks._crops_service('detector', out) is None\n"
-        "print(out['garment_classification']['skipped'])\n"
-    )
-    env = {"ATELIER_MODEL_REPOSITORY": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "no model artifact" in done.stdout
+    from common.settings import get_settings
+    from worker import tasks
+
+    monkeypatch.setenv("ATELIER_MODEL_REPOSITORY", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        output: dict[str, Any] = {"garments": [{"box": [0, 0, 4, 4]}]}
+        assert tasks._crops_service("detector", output) is None
+        assert tasks._crops_service("detector", {"garments": []}) is None
+    finally:
+        get_settings.cache_clear()
+    assert output["garment_classification"]["model"] == "classifier"
+    assert "no model artifact" in output["garment_classification"]["skipped"]
