@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -116,7 +117,8 @@ def classifier_train(
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if weights is not None:
         fields["weights"] = None if weights == "none" else weights
-    version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars; stdout is for the JSON
+        version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
     manifest = json.loads((version_dir / "manifest.json").read_text())
     _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
 
@@ -212,9 +214,10 @@ def detector_train(
     if weights is not None:
         fields["weights"] = None if weights == "none" else weights
     repository = get_settings().model_repository
-    version_dir = train(
-        train_json, train_images, test_json, test_images, TrainConfig(**fields), repository, resume=resume
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
+        version_dir = train(
+            train_json, train_images, test_json, test_images, TrainConfig(**fields), repository, resume=resume
+        )
     manifest = json.loads((version_dir / "manifest.json").read_text())
     _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
 
@@ -235,7 +238,9 @@ def detector_evaluate(
     if version_dir is None or not version_dir.is_dir():
         err.print(f"no detector version {version or ''} in {model_dir}")
         raise typer.Exit(3)
-    _print_json({"version": version_dir.name, "metrics": evaluate(version_dir, test_json, test_images)})
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
+        metrics = evaluate(version_dir, test_json, test_images)
+    _print_json({"version": version_dir.name, "metrics": metrics})
 
 
 def _print_json(value: Any) -> None:
