@@ -69,7 +69,7 @@ def classifier_python() -> Path:
 def run_classifier(*args: str) -> str:
     """``atelier <args>`` in the classifier's environment, with this session's settings; its stdout."""
     done = subprocess.run(
-        [str(classifier_python()), "-m", "atelier.cli", *args],
+        [str(classifier_python()), "-m", "atelier", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

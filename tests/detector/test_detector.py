@@ -58,7 +58,7 @@ def test_a_batch_gives_what_each_image_gives_alone(trained_detector: TrainedDete
 def test_the_evaluate_command_reproduces_the_published_metrics(trained_detector: TrainedDetector) -> None:
     done = subprocess.run(
         [
-            sys.executable, "-m", "atelier.cli", "detector", "evaluate", str(trained_detector.test_json),
+            sys.executable, "-m", "atelier", "detector", "evaluate", str(trained_detector.test_json),
             str(trained_detector.test_images), "--version", trained_detector.version_dir.name,
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
