@@ -7,6 +7,7 @@ until then every job records the detector as skipped with that reason.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,22 +80,24 @@ SCRATCH_OPTS = [
     "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "2",
 ]  # fmt: skip
 
+SCRATCH_FIELDS: dict[str, Any] = {
+    "base": "Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml",
+    "weights": None,
+    "base_lr": 0.04,
+    "max_iter": 2_000,
+    "warmup_iters": 50,
+    "steps": (1_500,),
+    "min_size_train": (256,),
+    "max_size_train": 256,
+    "min_size_test": 256,
+    "max_size_test": 256,
+    "num_workers": 1,
+    "opts": SCRATCH_OPTS,
+}
+
 PRESETS: dict[str, TrainConfig] = {
     # DeepFashion2 at the zoo's schedule scaled to its 191k training images, COCO-pretrained
     "r50-fpn": TrainConfig(),
     "r101-fpn": TrainConfig(base="COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"),
-    "r18-fpn-scratch": TrainConfig(
-        base="Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml",
-        weights=None,
-        base_lr=0.04,
-        max_iter=2_000,
-        warmup_iters=50,
-        steps=(1_500,),
-        min_size_train=(256,),
-        max_size_train=256,
-        min_size_test=256,
-        max_size_test=256,
-        num_workers=1,
-        opts=SCRATCH_OPTS,
-    ),
+    "r18-fpn-scratch": TrainConfig(**SCRATCH_FIELDS),
 }

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,18 @@ class Trainer(DefaultTrainer):  # type: ignore[misc]
         return COCOEvaluator(dataset_name, output_dir=folder, use_fast_impl=False)
 
 
-def make_cfg(config: TrainConfig, classes: list[str], train: str, test: str, output_dir: Path) -> CfgNode:
+def make_cfg(
+    config: TrainConfig,
+    classes: list[str],
+    train: str,
+    test: str,
+    output_dir: Path,
+    extend: Callable[[CfgNode], None] | None = None,
+) -> CfgNode:
+    """A model-zoo config for ``classes``; ``extend`` adds config keys (a custom head's) before merging."""
     cfg = get_cfg()
+    if extend is not None:
+        extend(cfg)
     cfg.merge_from_file(model_zoo.get_config_file(config.base))
     cfg.merge_from_list(config.opts)
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)
@@ -83,17 +94,38 @@ def train(
     classes = register("atelier_detector_train", train_json, train_images)
     if register("atelier_detector_test", test_json, test_images) != classes:
         raise ValueError(f"the test set's classes differ from the training set's {classes}")
-    work = repository / "detector" / ".training"
+    cfg = make_cfg(
+        config, classes, "atelier_detector_train", "atelier_detector_test", _work(repository, "detector")
+    )
+    return run_training(Trainer, cfg, config, "detector", {"classes": classes}, repository, resume=resume)
+
+
+def _work(repository: Path, service: str) -> Path:
+    work = repository / service / ".training"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = make_cfg(config, classes, "atelier_detector_train", "atelier_detector_test", work)
+    return work
+
+
+def run_training(
+    trainer_class: type[DefaultTrainer],
+    cfg: CfgNode,
+    config: TrainConfig,
+    service: str,
+    described: dict[str, Any],
+    repository: Path,
+    *,
+    resume: bool,
+) -> Path:
+    """Train ``cfg`` (in ``cfg.OUTPUT_DIR``), evaluate it on ``DATASETS.TEST``, publish the version of
+    ``service`` with ``described`` (classes, ...) in its manifest, then drop the working directory."""
     started = time.monotonic()
-    trainer = Trainer(cfg)
+    trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()
     seconds = time.monotonic() - started
-    metrics = Trainer.test(cfg, trainer.model)
-    version_dir = _publish(cfg, classes, config, metrics, seconds, repository)
-    shutil.rmtree(work, ignore_errors=True)
+    metrics = trainer_class.test(cfg, trainer.model)
+    version_dir = _publish(cfg, config, service, described, metrics, seconds, repository)
+    shutil.rmtree(cfg.OUTPUT_DIR, ignore_errors=True)
     return version_dir
 
 
@@ -123,23 +155,24 @@ def evaluate(version_dir: Path, test_json: Path, test_images: Path) -> dict[str,
 
 def _publish(
     cfg: CfgNode,
-    classes: list[str],
     config: TrainConfig,
+    service: str,
+    described: dict[str, Any],
     metrics: dict[str, Any],
     train_seconds: float,
     repository: Path,
 ) -> Path:
-    model_dir = repository / "detector"
+    model_dir = repository / service
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     shutil.copy(Path(cfg.OUTPUT_DIR) / "model_final.pth", staging / WEIGHTS)
     serving = cfg.clone()
     serving.MODEL.WEIGHTS = WEIGHTS
     (staging / CONFIG).write_text(serving.dump())
     manifest: dict[str, Any] = {
-        "name": "detector",
+        "name": service,
         "framework": "detectron2",
         "torch_version": torch.__version__,
-        "classes": classes,
+        **described,
         "input": {"min_size_test": cfg.INPUT.MIN_SIZE_TEST, "max_size_test": cfg.INPUT.MAX_SIZE_TEST},
         "score_threshold": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
         "base_config": config.base,

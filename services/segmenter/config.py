@@ -1,10 +1,17 @@
-"""The segmenter service as the pipeline sees it, without importing its framework.
+"""The segmenter service as the pipeline sees it, and its settings, without importing its framework.
 
 Available once a model version exists in the model repository (``<repo>/segmenter/<version>/manifest.json``);
 until then every job records segmenter as skipped with that reason.
 """
 
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from services.base import ServiceSpec
+from services.detector.config import SCRATCH_FIELDS, TrainConfig
 
 SPEC = ServiceSpec(
     name="segmenter",
@@ -14,3 +21,34 @@ SPEC = ServiceSpec(
         "cut-outs, body regions; torch environment"
     ),
 )
+
+
+class SegmenterSettings(BaseSettings):
+    """``ATELIER_SEGMENTER_*``: how the segmenter serves."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_SEGMENTER_", extra="ignore")
+
+    test_size: int | None = None  # shorter image side at inference; the version's own when None
+    max_size: int | None = None
+    score_threshold: float | None = None  # garments kept from this score; the version's own when None
+    attribute_threshold: float | None = None  # attributes reported from this score; the version's own
+    device: str = "auto"
+    colours: int = 3  # dominant colours per garment
+
+
+@lru_cache
+def get_segmenter_settings() -> SegmenterSettings:
+    return SegmenterSettings()
+
+
+class SegmenterTrainConfig(TrainConfig):
+    """The detector's training settings, plus the attribute head's."""
+
+    attribute_loss_weight: float = 1.0
+    attribute_threshold: float = 0.5
+
+
+PRESETS: dict[str, SegmenterTrainConfig] = {
+    "r50-fpn": SegmenterTrainConfig(),
+    "r18-fpn-scratch": SegmenterTrainConfig(**SCRATCH_FIELDS),
+}

@@ -25,6 +25,7 @@ from services.detector.dataset import with_masks
 @dataclass(frozen=True)
 class Taxonomy:
     classes: list[str]
+    supercategories: list[str]  # of each class: Fashionpedia's say upperbody, lowerbody, wholebody, ...
     attributes: list[str]
     attribute_ids: list[int]  # the dataset's ids, in the order of ``attributes``
 
@@ -36,7 +37,10 @@ def read_taxonomy(json_file: Path) -> Taxonomy:
     categories = sorted(data["categories"], key=lambda c: c["id"])
     attributes = sorted(data["attributes"], key=lambda a: a["id"])
     return Taxonomy(
-        [c["name"] for c in categories], [a["name"] for a in attributes], [a["id"] for a in attributes]
+        [c["name"] for c in categories],
+        [c.get("supercategory") or "" for c in categories],
+        [a["name"] for a in attributes],
+        [a["id"] for a in attributes],
     )
 
 

@@ -1,0 +1,169 @@
+"""``atelier segmenter train``: COCO-format garments with ``attribute_ids`` in, a segmenter version out.
+
+The detector's training (``services.detector.train``) with the attribute head (``heads.py``), a mapper
+that carries the attributes, and a second evaluator beside ``COCOEvaluator``: attribute precision,
+recall and F1 on the detections that match a ground-truth garment.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+
+from services.detector.train import Trainer as DetectorTrainer
+from services.detector.train import _work, make_cfg, run_training
+from services.segmenter.config import SegmenterTrainConfig
+from services.segmenter.dataset import AttributeMapper, Taxonomy, register
+from services.segmenter.heads import NAME, add_attribute_config
+
+TRAIN, TEST = "atelier_segmenter_train", "atelier_segmenter_test"
+
+
+class Trainer(DetectorTrainer):
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        return build_detection_train_loader(cfg, mapper=AttributeMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None
+    ) -> DatasetEvaluators:
+        coco = super().build_evaluator(cfg, dataset_name, output_folder)
+        threshold = cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH_TEST
+        return DatasetEvaluators([coco, AttributeEvaluator(dataset_name, threshold)])
+
+
+def segmenter_cfg(
+    config: SegmenterTrainConfig, taxonomy: Taxonomy, train: str, test: str, work: Path
+) -> CfgNode:
+    cfg = make_cfg(config, taxonomy.classes, train, test, work, extend=add_attribute_config)
+    cfg.MODEL.ROI_HEADS.NAME = NAME
+    cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES = len(taxonomy.attributes)
+    cfg.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT = config.attribute_loss_weight
+    cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH_TEST = config.attribute_threshold
+    return cfg
+
+
+def train(
+    train_json: Path,
+    train_images: Path,
+    test_json: Path,
+    test_images: Path,
+    config: SegmenterTrainConfig,
+    repository: Path,
+    *,
+    resume: bool = False,
+) -> Path:
+    """Train, evaluate, publish ``<repository>/segmenter/<N>``."""
+    taxonomy = register(TRAIN, train_json, train_images)
+    if register(TEST, test_json, test_images) != taxonomy:
+        raise ValueError("the test set's categories or attributes differ from the training set's")
+    cfg = segmenter_cfg(config, taxonomy, TRAIN, TEST, _work(repository, "segmenter"))
+    described = {
+        "classes": taxonomy.classes,
+        "supercategories": taxonomy.supercategories,
+        "attributes": taxonomy.attributes,
+        "attribute_ids": taxonomy.attribute_ids,
+        "attribute_threshold": config.attribute_threshold,
+    }
+    return run_training(Trainer, cfg, config, "segmenter", described, repository, resume=resume)
+
+
+class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
+    """Attribute precision, recall and F1 (micro over every attribute decision, macro as the mean of the
+    attributes present in the ground truth) on detections matched to a ground-truth garment of the same
+    category at IoU ≥ ``iou`` (greedily, by score). Unmatched detections and missed garments are the box
+    metrics' business, not counted here; ``matched`` says how many pairs were judged."""
+
+    def __init__(self, dataset_name: str, threshold: float, iou: float = 0.5) -> None:
+        self.dataset_name, self.threshold, self.iou = dataset_name, threshold, iou
+        self.attributes: list[str] = MetadataCatalog.get(dataset_name).attribute_classes
+        self._predictions: dict[int, dict[str, Any]] = {}
+
+    def reset(self) -> None:
+        self._predictions = {}
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+        for given, output in zip(inputs, outputs, strict=True):
+            instances = output["instances"].to("cpu")
+            self._predictions[given["image_id"]] = {
+                "boxes": instances.pred_boxes.tensor,
+                "classes": instances.pred_classes.numpy(),
+                "scores": instances.scores.numpy(),
+                "attributes": instances.attribute_scores.numpy() >= self.threshold,
+            }
+
+    def evaluate(self) -> OrderedDict[str, Any]:
+        n = len(self.attributes)
+        tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
+        support = np.zeros(n)
+        matched = 0
+        for record in DatasetCatalog.get(self.dataset_name):
+            predicted = self._predictions.get(record["image_id"])
+            if predicted is None:
+                continue
+            for p, g in self._match(predicted, record["annotations"]):
+                truth = np.zeros(n, dtype=bool)
+                truth[record["annotations"][g].get("attribute_index", [])] = True
+                guess = predicted["attributes"][p]
+                tp += guess & truth
+                fp += guess & ~truth
+                fn += ~guess & truth
+                support += truth
+                matched += 1
+        present = support > 0
+        precision = _ratio(tp, tp + fp)
+        recall = _ratio(tp, tp + fn)
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        micro_p, micro_r = _ratio(tp.sum(), tp.sum() + fp.sum()), _ratio(tp.sum(), tp.sum() + fn.sum())
+        result = {
+            "matched": matched,
+            "precision_micro": 100 * micro_p,
+            "recall_micro": 100 * micro_r,
+            "f1_micro": 100 * _ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum()),
+            "precision_macro": 100 * float(precision[present].mean()) if present.any() else 0.0,
+            "recall_macro": 100 * float(recall[present].mean()) if present.any() else 0.0,
+            "f1_macro": 100 * float(f1[present].mean()) if present.any() else 0.0,
+            "f1_per_attribute": {a: 100 * float(f1[i]) for i, a in enumerate(self.attributes) if present[i]},
+            "threshold": self.threshold,
+        }
+        return OrderedDict(attributes=result)
+
+    def _match(self, predicted: dict[str, Any], annotations: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        if not annotations or not len(predicted["scores"]):
+            return []
+        truth = Boxes(
+            torch.tensor(
+                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
+                dtype=torch.float32,
+            )
+        )
+        ious = pairwise_iou(Boxes(predicted["boxes"]), truth).numpy()
+        classes = np.array([a["category_id"] for a in annotations])
+        taken: set[int] = set()
+        pairs = []
+        for p in np.argsort(-predicted["scores"], kind="stable"):
+            candidates = [
+                (ious[p, g], g)
+                for g in range(len(annotations))
+                if g not in taken and classes[g] == predicted["classes"][p] and ious[p, g] >= self.iou
+            ]
+            if candidates:
+                _, g = max(candidates)
+                taken.add(g)
+                pairs.append((int(p), g))
+        return pairs
+
+
+def _ratio(numerator: Any, denominator: Any) -> Any:
+    return np.divide(
+        numerator, denominator, out=np.zeros_like(np.asarray(numerator, dtype=float)), where=denominator > 0
+    )
