@@ -165,6 +165,21 @@ def get_explanation(item_id: uuid.UUID, model: str, head: str, session: SessionD
     return Response(blob_store(get_settings().blob_dir).get(key), media_type="image/png")
 
 
+@app.get(
+    "/v1/images/{item_id}/files/{model}/{name}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_result_file(item_id: uuid.UUID, model: str, name: str, session: SessionDep) -> Response:
+    """A picture a model made for the image (the segmenter's cut-outs, region map and overlay)."""
+    view = jobs.image_view(session, item_id)
+    key = ((((view.record or {}).get(model) or {}).get("files") or {}).get(name)) if view else None
+    if key is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {model} file {name!r} for image {item_id}")
+    media_type = "image/png" if name.endswith(".png") else "application/octet-stream"
+    return Response(blob_store(get_settings().blob_dir).get(key), media_type=media_type)
+
+
 @app.get("/healthz")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}

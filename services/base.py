@@ -41,6 +41,9 @@ class Prediction:
 
     output: dict[str, Any]
     embedding: Sequence[float] | None = None
+    # pictures for the blob store by name (e.g. "cutout-0.png"); the worker stores them and puts their
+    # keys in the output under "files"
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class Model(ABC):

@@ -164,12 +164,15 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
             continue
         prediction, ms = outcome
         output = prediction.output
-        if claim.explain:
-            try:
-                output = {**output, "explanations": _store_explanations(claim, prediction)}
-            except Exception as exc:
-                _retry_or_fail_analysis(claim, exc)
-                continue
+        try:
+            if prediction.files:
+                output = {**output, "files": _store_files(claim, "results", prediction.files)}
+            if claim.explain:
+                explanations = served_model().explain(_stored_image(claim), prediction)
+                output = {**output, "explanations": _store_files(claim, "explanations", explanations)}
+        except Exception as exc:
+            _retry_or_fail_analysis(claim, exc)
+            continue
         crops_to = _crops_service(claim.model_name, output)
         if crops_to is not None:
             _stage_for_crops(claim, output, crops_to, batch_size=len(claims), inference_ms=ms)
@@ -259,16 +262,20 @@ def crops_task(self: Task, result_id: str, blob_key: str) -> None:
         pipeline.complete_analysis(session, claim, output=output)
 
 
-def _store_explanations(claim: pipeline.AnalysisClaim, prediction: Prediction) -> dict[str, str]:
-    """The model's pictures for this prediction, in the blob store; returns their keys by name."""
+def _stored_image(claim: pipeline.AnalysisClaim) -> Image.Image:
     settings = get_settings()
-    store = blob_store(settings.blob_dir)
-    image = decode_image(store.get(claim.blob_key), settings.fetch.max_pixels)
+    return decode_image(blob_store(settings.blob_dir).get(claim.blob_key), settings.fetch.max_pixels)
+
+
+def _store_files(claim: pipeline.AnalysisClaim, kind: str, files: dict[str, bytes]) -> dict[str, str]:
+    """Pictures a model made for this image, in the blob store under
+    ``<kind>/<model>/<version>/<image sha256>/<name>``; returns their keys by name."""
+    store = blob_store(get_settings().blob_dir)
     sha256 = claim.blob_key.rsplit("/", 1)[-1]
     keys = {}
-    for name, png in served_model().explain(image, prediction).items():
-        keys[name] = f"explanations/{claim.model_name}/{claim.model_version}/{sha256}/{name}.png"
-        store.put(keys[name], png)
+    for name, data in files.items():
+        keys[name] = f"{kind}/{claim.model_name}/{claim.model_version}/{sha256}/{name}"
+        store.put(keys[name], data)
     return keys
 
 

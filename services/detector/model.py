@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,13 +39,26 @@ def device_for(setting: str) -> str:
     return setting
 
 
-class DetectorModel(Model):
-    name = "detector"
+class ServingSettings(Protocol):
+    test_size: int | None
+    max_size: int | None
+    score_threshold: float | None
+    device: str
 
-    def __init__(self, version_dir: Path, settings: DetectorSettings | None = None) -> None:
+
+class RCNNModel(Model):
+    """A published Detectron2 version (weights, config, manifest with ``classes``), served batched.
+
+    Subclasses name the service, may add config keys before the version's config is read
+    (``_extend_cfg``: a custom head's) and turn each image's instances into a prediction (``_predict``).
+    """
+
+    name: str
+
+    def __init__(self, version_dir: Path, settings: ServingSettings) -> None:
         self.version_dir = version_dir
         self.version = version_dir.name
-        self.settings = settings or get_detector_settings()
+        self.settings = settings
         self.manifest: dict[str, Any] = {}
         self.cfg: CfgNode | None = None
         self.net: torch.nn.Module | None = None
@@ -58,9 +71,10 @@ class DetectorModel(Model):
     def load(self) -> None:
         if self.net is not None:
             return
-        self.manifest = read_manifest(self.version_dir)
-        verify_files(self.version_dir, self.manifest)
+        self.manifest = base_read_manifest(self.name, self.version_dir, ("classes",))
+        base_verify_files(self.name, self.version_dir, self.manifest, (WEIGHTS, CONFIG))
         cfg = get_cfg()
+        self._extend_cfg(cfg)
         cfg.merge_from_file(str(self.version_dir / CONFIG))
         cfg.MODEL.WEIGHTS = str(self.version_dir / WEIGHTS)
         cfg.MODEL.DEVICE = device_for(self.settings.device)
@@ -79,7 +93,8 @@ class DetectorModel(Model):
         self.resize = T.ResizeShortestEdge([size, size], self.settings.max_size or cfg.INPUT.MAX_SIZE_TEST)
         self.cfg, self.net = cfg, net
         log.info(
-            "detector %s loaded: %d classes, test size %d, on %s",
+            "%s %s loaded: %d classes, test size %d, on %s",
+            self.name,
             self.version,
             len(self.classes),
             size,
@@ -96,8 +111,19 @@ class DetectorModel(Model):
         with torch.no_grad():
             outputs = self.net(inputs)
         return [
-            Prediction(output={"garments": self._garments(out["instances"].to("cpu"))}) for out in outputs
+            self._predict(image, out["instances"].to("cpu"))
+            for image, out in zip(images, outputs, strict=True)
         ]
+
+    def body_region(self, category: str) -> str | None:
+        """The part of the body a category covers: DeepFashion2's categories here."""
+        return BODY_REGION.get(category)
+
+    def _extend_cfg(self, cfg: CfgNode) -> None:
+        """Config keys of custom heads, added before the version's config is merged; none here."""
+
+    def _predict(self, image: Image.Image, instances: Any) -> Prediction:
+        return Prediction(output={"garments": self.garments(instances)})
 
     def _input(self, image: Image.Image) -> dict[str, Any]:
         assert self.resize is not None
@@ -106,7 +132,8 @@ class DetectorModel(Model):
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
         return {"image": tensor, "height": image.height, "width": image.width}
 
-    def _garments(self, instances: Any) -> list[dict[str, Any]]:
+    def garments(self, instances: Any) -> list[dict[str, Any]]:
+        """Per instance: category, score, box, body region, COCO RLE mask and its area."""
         garments = []
         masks = instances.pred_masks.numpy() if instances.has("pred_masks") else [None] * len(instances)
         for box, score, label, mask in zip(
@@ -121,7 +148,7 @@ class DetectorModel(Model):
                 "category": category,
                 "score": round(float(score), 6),
                 "box": [round(float(v), 2) for v in box],
-                "body_region": BODY_REGION.get(category),
+                "body_region": self.body_region(category),
             }
             if mask is not None:
                 rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -132,6 +159,13 @@ class DetectorModel(Model):
                 garment["area"] = int(mask.sum())
             garments.append(garment)
         return garments
+
+
+class DetectorModel(RCNNModel):
+    name = "detector"
+
+    def __init__(self, version_dir: Path, settings: DetectorSettings | None = None) -> None:
+        super().__init__(version_dir, settings or get_detector_settings())
 
 
 def read_manifest(version_dir: Path) -> dict[str, Any]:
