@@ -91,16 +91,15 @@ def crop_classifier(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> P
         [
             str(classifier_python()),
             "-c",
-            f"from tests.classifier.garments import write_dataset; write_dataset({str(data)!r}, 120, 0)",
+            "from pathlib import Path; from tests.classifier.garments import write_dataset; "
+            f"write_dataset(Path({str(data)!r}), 120, 0)",
         ],
         cwd=ROOT,
         check=True,
         timeout=300,
     )
     config = data / "config.json"
-    config.write_text(
-        json.dumps({"heads": ["gender", "articleType"], "pooling": "flatten", "embedding_dim": 32})
-    )
+    config.write_text(json.dumps({"heads": ["gender", "articleType"], "pooling": "flatten"}))
     out = run_classifier(
         "classifier", "train", str(data), "--config", str(config), "--input-size", "32", "--head-epochs", "1",
         "--finetune-epochs", "1", "--min-images-per-class", "5", "--weights", "none",
