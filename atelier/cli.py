@@ -186,60 +186,128 @@ def detector_convert(
     err.print(report.summary())
 
 
+PRESET_HELP = "a preset: r50-fpn, r101-fpn (detector only) or r18-fpn-scratch"
+CONFIG_HELP = "JSON TrainConfig fields over the preset"
+WEIGHTS_HELP = "'zoo', 'none' or a checkpoint path"
+RESUME_HELP = "go on from an interrupted run's checkpoint"
+VERSION_HELP = "a version; the newest when omitted"
+
+
 @detector_app.command("train")
 def detector_train(
     train_json: Path,
     train_images: Path,
     test_json: Path,
     test_images: Path,
-    preset: Annotated[str, typer.Option(help="r50-fpn, r101-fpn or r18-fpn-scratch")] = "r50-fpn",
-    config: Annotated[Path | None, typer.Option(help="JSON TrainConfig fields over the preset")] = None,
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "r50-fpn",
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     max_iter: int | None = None,
-    weights: Annotated[str | None, typer.Option(help="'zoo', 'none' or a checkpoint path")] = None,
-    resume: Annotated[bool, typer.Option(help="go on from an interrupted run's checkpoint")] = False,
+    weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
 ) -> None:
     """Train a new detector version (COCO-format data) into the model repository; print its AP."""
-    from common.settings import get_settings
-    from services.detector.config import PRESETS, TrainConfig
+    from services.detector.config import PRESETS
     from services.detector.train import train
 
-    if preset not in PRESETS:
-        known = ", ".join(PRESETS)
-        raise typer.BadParameter(f"unknown preset {preset!r}; one of {known}", param_hint="--preset")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fields = PRESETS[preset].model_dump()
-    fields.update(json.loads(config.read_text()) if config else {})
-    if max_iter is not None:
-        fields["max_iter"] = max_iter
-    if weights is not None:
-        fields["weights"] = None if weights == "none" else weights
-    repository = get_settings().model_repository
-    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
-        version_dir = train(
-            train_json, train_images, test_json, test_images, TrainConfig(**fields), repository, resume=resume
-        )
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
+    fields = _train_fields(PRESETS, preset, config, max_iter, weights)
+    paths = (train_json, train_images, test_json, test_images)
+    _train_and_report(
+        lambda repository: train(*paths, type(PRESETS[preset])(**fields), repository, resume=resume)
+    )
 
 
 @detector_app.command("evaluate")
 def detector_evaluate(
     test_json: Path,
     test_images: Path,
-    version: Annotated[str | None, typer.Option(help="a version; the newest when omitted")] = None,
+    version: Annotated[str | None, typer.Option(help=VERSION_HELP)] = None,
 ) -> None:
     """Box and mask AP of a detector version on a COCO-format dataset."""
-    from common.settings import get_settings
-    from services.base import latest_version_dir
     from services.detector.train import evaluate
 
-    model_dir = get_settings().model_repository / "detector"
+    _evaluate_and_report(
+        "detector", version, lambda version_dir: evaluate(version_dir, test_json, test_images)
+    )
+
+
+segmenter_app = typer.Typer(no_args_is_help=True, help="The segmenter (run in its environment, .venv-torch).")
+app.add_typer(segmenter_app, name="segmenter")
+
+
+@segmenter_app.command("train")
+def segmenter_train(
+    train_json: Annotated[Path, typer.Argument(help="COCO instances with attribute_ids and attributes")],
+    train_images: Path,
+    test_json: Path,
+    test_images: Path,
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "r50-fpn",
+    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+    max_iter: int | None = None,
+    weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
+) -> None:
+    """Train a new segmenter version (Fashionpedia-layout data); print its AP and attribute F1."""
+    from services.segmenter.config import PRESETS
+    from services.segmenter.train import train
+
+    fields = _train_fields(PRESETS, preset, config, max_iter, weights)
+    paths = (train_json, train_images, test_json, test_images)
+    _train_and_report(
+        lambda repository: train(*paths, type(PRESETS[preset])(**fields), repository, resume=resume)
+    )
+
+
+@segmenter_app.command("evaluate")
+def segmenter_evaluate(
+    test_json: Path,
+    test_images: Path,
+    version: Annotated[str | None, typer.Option(help=VERSION_HELP)] = None,
+) -> None:
+    """Box and mask AP and attribute precision / recall / F1 of a segmenter version."""
+    from services.segmenter.train import evaluate
+
+    _evaluate_and_report(
+        "segmenter", version, lambda version_dir: evaluate(version_dir, test_json, test_images)
+    )
+
+
+def _train_fields(
+    presets: dict[str, Any], preset: str, config: Path | None, max_iter: int | None, weights: str | None
+) -> dict[str, Any]:
+    if preset not in presets:
+        known = ", ".join(presets)
+        raise typer.BadParameter(f"unknown preset {preset!r}; one of {known}", param_hint="--preset")
+    fields: dict[str, Any] = presets[preset].model_dump()
+    fields.update(json.loads(config.read_text()) if config else {})
+    if max_iter is not None:
+        fields["max_iter"] = max_iter
+    if weights is not None:
+        fields["weights"] = None if weights == "none" else weights
+    return fields
+
+
+def _train_and_report(train: Any) -> None:
+    """Run ``train(repository)``; print the new version and its metrics as JSON on stdout."""
+    from common.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
+        version_dir = train(get_settings().model_repository)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
+
+
+def _evaluate_and_report(service: str, version: str | None, evaluate: Any) -> None:
+    from common.settings import get_settings
+    from services.base import latest_version_dir
+
+    model_dir = get_settings().model_repository / service
     version_dir = model_dir / version if version else latest_version_dir(model_dir)
     if version_dir is None or not version_dir.is_dir():
-        err.print(f"no detector version {version or ''} in {model_dir}")
+        err.print(f"no {service} version {version or ''} in {model_dir}")
         raise typer.Exit(3)
     with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
-        metrics = evaluate(version_dir, test_json, test_images)
+        metrics = evaluate(version_dir)
     _print_json({"version": version_dir.name, "metrics": metrics})
 
 

@@ -131,26 +131,41 @@ def run_training(
 
 def evaluate(version_dir: Path, test_json: Path, test_images: Path) -> dict[str, Any]:
     """A published version's box and mask AP (COCO, pycocotools) on a COCO-format dataset."""
+    from services.detector.model import read_manifest
+
+    classes = register("atelier_detector_eval", test_json, test_images)
+    if classes != read_manifest(version_dir)["classes"]:
+        raise ValueError(f"the dataset's classes {classes} are not the version's")
+    return evaluate_version(version_dir, "atelier_detector_eval", Trainer)
+
+
+def evaluate_version(
+    version_dir: Path,
+    dataset_name: str,
+    trainer_class: type[DefaultTrainer],
+    extend: Callable[[CfgNode], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a version, its files checked against its manifest, on a registered dataset with
+    ``trainer_class``'s evaluators."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from services.detector.model import read_manifest, verify_files
+    from services.base import read_manifest, verify_files
 
-    manifest = read_manifest(version_dir)
-    verify_files(version_dir, manifest)
-    classes = register("atelier_detector_eval", test_json, test_images)
-    if classes != manifest["classes"]:
-        raise ValueError(f"the dataset's classes {classes} are not the version's {manifest['classes']}")
+    service = version_dir.parent.name
+    verify_files(service, version_dir, read_manifest(service, version_dir, ("classes",)), (WEIGHTS, CONFIG))
     cfg = get_cfg()
+    if extend is not None:
+        extend(cfg)
     cfg.merge_from_file(str(version_dir / CONFIG))
     cfg.MODEL.WEIGHTS = str(version_dir / WEIGHTS)
     cfg.MODEL.DEVICE = device_for("auto")
-    cfg.DATASETS.TEST = ("atelier_detector_eval",)
+    cfg.DATASETS.TEST = (dataset_name,)
     with tempfile.TemporaryDirectory() as out:
         cfg.OUTPUT_DIR = out
         net = build_model(cfg)
         DetectionCheckpointer(net).load(cfg.MODEL.WEIGHTS)
-        return dict(_plain(Trainer.test(cfg, net)))
+        return dict(_plain(trainer_class.test(cfg, net)))
 
 
 def _publish(

@@ -19,7 +19,7 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from services.detector.train import Trainer as DetectorTrainer
-from services.detector.train import _work, make_cfg, run_training
+from services.detector.train import _work, evaluate_version, make_cfg, run_training
 from services.segmenter.config import SegmenterTrainConfig
 from services.segmenter.dataset import AttributeMapper, Taxonomy, register
 from services.segmenter.heads import NAME, add_attribute_config
@@ -75,6 +75,17 @@ def train(
         "attribute_threshold": config.attribute_threshold,
     }
     return run_training(Trainer, cfg, config, "segmenter", described, repository, resume=resume)
+
+
+def evaluate(version_dir: Path, test_json: Path, test_images: Path) -> dict[str, Any]:
+    """Box and mask AP and attribute precision / recall / F1 of a published version on a dataset."""
+    import json
+
+    taxonomy = register("atelier_segmenter_eval", test_json, test_images)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    if (taxonomy.classes, taxonomy.attributes) != (manifest["classes"], manifest["attributes"]):
+        raise ValueError("the dataset's categories or attributes are not the version's")
+    return evaluate_version(version_dir, "atelier_segmenter_eval", Trainer, add_attribute_config)
 
 
 class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
