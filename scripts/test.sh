@@ -3,7 +3,7 @@
 # (TensorFlow and torch never share a process):
 #   .venv             gateway, orchestrator, properties    tests/ except the two below
 #   .venv-classifier  TensorFlow                           tests/classifier
-#   .venv-torch       torch + Detectron2                   tests/detector
+#   .venv-torch       torch + Detectron2                   tests/detector, tests/segmenter
 # Postgres (with pgvector) and Valkey are started by the tests as local processes unless
 # ATELIER_TEST_DATABASE_URL / ATELIER_TEST_REDIS_URL point at running servers.
 set -euo pipefail
@@ -15,6 +15,6 @@ VENV=.venv-torch bash deploy/detectron2/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy .
-.venv/bin/python -m pytest -q --ignore=tests/classifier --ignore=tests/detector "$@"
+.venv/bin/python -m pytest -q --ignore=tests/classifier --ignore=tests/detector --ignore=tests/segmenter "$@"
 .venv-classifier/bin/python -m pytest -q tests/classifier -W ignore::DeprecationWarning "$@"
-.venv-torch/bin/python -m pytest -q tests/detector "$@"
+.venv-torch/bin/python -m pytest -q tests/detector tests/segmenter "$@"

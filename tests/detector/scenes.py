@@ -81,7 +81,8 @@ def write_coco(root: Path, n: int, seed: int, size: int = 256) -> Path:
     """``root/images/*.jpg`` and ``root/instances.json``; returns the JSON's path."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id in range(1, n + 1):
         picture, garments = scene(rng, size)
         name = f"{seed}-{image_id:05d}.jpg"

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tests.detector.scenes import _polygon
 
 CATEGORIES = {1: "top", 8: "pants", 10: "dress"}  # drawn with the detector scenes' silhouettes
+SUPERCATEGORIES = {1: "upperbody", 8: "lowerbody", 10: "wholebody"}  # as Fashionpedia names them
 # ids as sparse as Fashionpedia's; names of its kind
 ATTRIBUTES = {115: "plain (pattern)", 142: "stripe", 150: "dot", 307: "maxi (length)", 317: "mini (length)"}
 PATTERNS = (115, 142, 150)
@@ -76,7 +77,8 @@ def write_coco(root: Path, n: int, seed: int, size: int = 192) -> Path:
     """``root/images/*.jpg`` and ``root/instances.json`` with ``attributes``; returns the JSON's path."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id in range(1, n + 1):
         picture, garments = scene(rng, size)
         name = f"{seed}-{image_id:05d}.jpg"
@@ -99,7 +101,9 @@ def write_coco(root: Path, n: int, seed: int, size: int = 192) -> Path:
     data = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i, "name": name, "supercategory": "garment"} for i, name in CATEGORIES.items()],
+        "categories": [
+            {"id": i, "name": name, "supercategory": SUPERCATEGORIES[i]} for i, name in CATEGORIES.items()
+        ],
         "attributes": [{"id": i, "name": name, "supercategory": "style"} for i, name in ATTRIBUTES.items()],
     }
     path = root / "instances.json"
