@@ -123,7 +123,8 @@ def run_training(
     trainer.resume_or_load(resume=resume)
     trainer.train()
     seconds = time.monotonic() - started
-    metrics = trainer_class.test(cfg, trainer.model)
+    # DefaultTrainer's EvalHook evaluates DATASETS.TEST once training ends and keeps the results
+    metrics = getattr(trainer, "_last_eval_results", None) or trainer_class.test(cfg, trainer.model)
     version_dir = _publish(cfg, config, service, described, metrics, seconds, repository)
     shutil.rmtree(cfg.OUTPUT_DIR, ignore_errors=True)
     return version_dir

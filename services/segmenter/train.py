@@ -143,8 +143,9 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
             "precision_macro": 100 * float(precision[present].mean()) if present.any() else 0.0,
             "recall_macro": 100 * float(recall[present].mean()) if present.any() else 0.0,
             "f1_macro": 100 * float(f1[present].mean()) if present.any() else 0.0,
-            "f1_per_attribute": {a: 100 * float(f1[i]) for i, a in enumerate(self.attributes) if present[i]},
             "threshold": self.threshold,
+            # per attribute, named like COCO's "AP-<class>" (Detectron2 prints only keys without "-")
+            **{f"F1-{a}": 100 * float(f1[i]) for i, a in enumerate(self.attributes) if present[i]},
         }
         return OrderedDict(attributes=result)
 
