@@ -19,7 +19,8 @@ from tests.conftest import Infra  # noqa: E402
 from tests.detector.scenes import write_coco  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE = 192  # generated scenes, shorter side at training and test time
+SIZE = 192
+TRAINING_TIMEOUT_S = 1800  # generated scenes, shorter side at training and test time
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
 SMALL = PRESETS["r18-fpn-scratch"].model_copy(
@@ -34,6 +35,13 @@ SMALL = PRESETS["r18-fpn-scratch"].model_copy(
         "score_threshold": 0.3,
     }
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test to ask for the trained model trains it (~10 min on 2 cores): a longer timeout."""
+    for item in items:
+        if item.path.parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.timeout(TRAINING_TIMEOUT_S))
 
 
 @dataclass(frozen=True)

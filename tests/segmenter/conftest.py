@@ -16,6 +16,7 @@ from tests.conftest import Infra  # noqa: E402
 from tests.segmenter.scenes import write_coco  # noqa: E402
 
 SIZE = 192
+TRAINING_TIMEOUT_S = 1800
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch) with the attribute head, shortened
 SMALL = PRESETS["r18-fpn-scratch"].model_copy(
@@ -30,6 +31,13 @@ SMALL = PRESETS["r18-fpn-scratch"].model_copy(
         "score_threshold": 0.3,
     }
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test to ask for the trained model trains it (~10 min on 2 cores): a longer timeout."""
+    for item in items:
+        if item.path.parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.timeout(TRAINING_TIMEOUT_S))
 
 
 @dataclass(frozen=True)
