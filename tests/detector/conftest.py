@@ -19,8 +19,8 @@ from tests.conftest import Infra  # noqa: E402
 from tests.detector.scenes import write_coco  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE = 192
-TRAINING_TIMEOUT_S = 1800  # generated scenes, shorter side at training and test time
+SIZE = 192  # generated scenes, shorter side at training and test time
+TRAINING_TIMEOUT_S = 1800
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
 SMALL = PRESETS["r18-fpn-scratch"].model_copy(
