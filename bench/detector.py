@@ -22,6 +22,7 @@ import signal
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,6 @@ IMAGES_PER_ROUND = 4  # per test size, batch size and way; at least one call
 DETECTIONS = 5  # kept per image: the garments of a typical photo
 IMAGE_SIDE = 640  # generated photos, resized to each test size
 WARMUP_IMAGES = 4
-MODELS = ["detector"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,21 +214,12 @@ def run_worker(
     model.predict(list(images[:batch]))
     _progress(f"(2) direct, first half: decode_image + DetectorModel.predict, batch {batch}")
     first = _direct(model, jpegs[WARMUP_IMAGES:][:split], batch, device)
-    os.environ["ATELIER_DETECTOR_TEST_SIZE"] = "512"
-    os.environ["ATELIER_DETECTOR_DEVICE"] = device
-    os.environ["ATELIER_WORKER_CLASSIFY_CROPS"] = "false"
-    with serve() as image_server, embedded_servers(home) as servers:
-        configure(home, servers, allow_hosts=[image_server.authority])
-        urls = orchestration.serve_images(image_server, jpegs)
-        _progress(f"(2) pipeline: warm-up job of {WARMUP_IMAGES}, then the measured job of {len(measured)}")
-        workers = (DEFAULT_WORKERS[0], WorkerPlan("detector", python=sys.executable))
-        with Stack(home, workers=workers) as stack:
-            warmup = orchestration._run_job(stack, urls[:WARMUP_IMAGES], MODELS)
-            orchestration._check_done(*warmup, WARMUP_IMAGES)
-            started = time.perf_counter()
-            job_id, counts = orchestration._run_job(stack, urls[WARMUP_IMAGES:], MODELS)
-            wall_s = time.perf_counter() - started
-        orchestration._check_done(job_id, counts, len(measured))
+    env = {
+        "ATELIER_DETECTOR_TEST_SIZE": "512",
+        "ATELIER_DETECTOR_DEVICE": device,
+        "ATELIER_WORKER_CLASSIFY_CROPS": "false",
+    }
+    wall_s = worker_seconds(home, "detector", jpegs, env)
     _progress("(2) direct, second half")
     second = _direct(model, jpegs[WARMUP_IMAGES:][split:], batch, device)
     direct_s = first + second
@@ -243,6 +234,30 @@ def run_worker(
         ],
         "ratio_pipeline_to_direct": direct_s / wall_s,
     }
+
+
+def worker_seconds(home: Path, service: str, jpegs: Sequence[bytes], env: dict[str, str]) -> float:
+    """Seconds the job of ``jpegs[WARMUP_IMAGES:]`` takes through a fresh embedded stack, the orchestrator
+    and one ``service`` worker in this interpreter (after a warm-up job of the first images). The
+    version is read from ``home/models``."""
+    run = home / f"run-{uuid.uuid4().hex[:8]}"
+    measured = len(jpegs) - WARMUP_IMAGES
+    with serve() as image_server, embedded_servers(run) as servers:
+        configure(run, servers, allow_hosts=[image_server.authority])
+        os.environ.update({**env, "ATELIER_MODEL_REPOSITORY": str(home / "models")})
+        get_settings.cache_clear()
+        get_worker_settings.cache_clear()
+        urls = orchestration.serve_images(image_server, jpegs)
+        _progress(f"pipeline: warm-up job of {WARMUP_IMAGES}, then the measured job of {measured}")
+        workers = (DEFAULT_WORKERS[0], WorkerPlan(service, python=sys.executable))
+        with Stack(run, workers=workers) as stack:
+            warmup = orchestration._run_job(stack, urls[:WARMUP_IMAGES], [service])
+            orchestration._check_done(*warmup, WARMUP_IMAGES)
+            started = time.perf_counter()
+            job_id, counts = orchestration._run_job(stack, urls[WARMUP_IMAGES:], [service])
+            wall_s = time.perf_counter() - started
+        orchestration._check_done(job_id, counts, measured)
+    return wall_s
 
 
 def _direct(model: DetectorModel, jpegs: Sequence[bytes], batch: int, device: str) -> float:

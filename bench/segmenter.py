@@ -1,0 +1,217 @@
+"""The segmenter's speed: what its post-processing (cut-outs, colours, region map, overlay, masks as
+RLE) costs as a share of ``predict``, at batch 1 and 4; and images per second through its Celery worker
+with micro-batches of 1 and 4. One run, side by side.
+
+    .venv-torch/bin/python -m bench.segmenter [--rounds R] [--images N] [--device cpu|cuda] [--json PATH]
+
+The network is the r50-fpn preset with the attribute head at Fashionpedia's size (46 categories, 294
+attributes), random weights, written as a real version; as in ``bench.detector`` every image keeps
+exactly ``DETECTIONS`` garments. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from bench.detector import DETECTIONS, IMAGE_SIDE, WARMUP_IMAGES, _machine, _timed, worker_seconds
+from bench.pipeline import _interrupt, _progress, _table, emit
+from bench.servers import bench_home
+from bench.synthetic import garment_jpegs
+from common.blobstore import sha256_file
+from common.images import decode_image
+from common.settings import get_settings
+from services.detector.model import CONFIG, MANIFEST, WEIGHTS
+from services.segmenter import model as segmenter_model
+from services.segmenter.config import PRESETS, SegmenterSettings
+from services.segmenter.dataset import Taxonomy
+from services.segmenter.model import SegmenterModel
+from services.segmenter.train import segmenter_cfg
+
+DEFAULT_JSON = Path(__file__).with_name("results") / "segmenter.json"
+TEST_SIZE = 512
+BATCH_SIZES = (1, 4)
+IMAGES_PER_ROUND = 4
+CLASSES, ATTRIBUTES = 46, 294  # Fashionpedia's
+SUPERCATEGORIES = ("upperbody", "lowerbody", "wholebody", "garment parts")
+# the post-processing steps, timed by wrapping these module functions
+STEPS = ("garment_colours", "cutout", "region_map", "overlay", "_png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    emit(args, _machine(args), _measure(args), format_report)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.segmenter", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (1)")
+    parser.add_argument("--images", type=int, default=16, help="images in each worker job (2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-worker", action="store_true", help="only (1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.rounds < 1:
+        parser.error(f"--images and --rounds must be at least 1, not {args.images} and {args.rounds}")
+    return args
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    jpegs = garment_jpegs(WARMUP_IMAGES + args.images, seed=args.seed, size=IMAGE_SIDE)
+    max_pixels = get_settings().fetch.max_pixels
+    images = [decode_image(data, max_pixels) for data in jpegs]
+    with bench_home() as home:
+        _progress("writing an R50-FPN attribute version with random weights")
+        version_dir = write_artifact(home / "models")
+        model = SegmenterModel(version_dir, SegmenterSettings(test_size=TEST_SIZE, device=args.device))
+        model.load()
+        _progress(f"(1) predict and its post-processing, batches {BATCH_SIZES}, {args.rounds} rounds")
+        alone = {
+            str(b): run_alone(model, images[:IMAGES_PER_ROUND], b, args.rounds, args.device)
+            for b in BATCH_SIZES
+        }
+        worker = None
+        if not args.skip_worker:
+            worker = {}
+            for batch in BATCH_SIZES:
+                _progress(f"(2) through the worker, micro-batch {batch}")
+                env = {
+                    "ATELIER_WORKER_MAX_BATCH": str(batch),
+                    "ATELIER_SEGMENTER_TEST_SIZE": str(TEST_SIZE),
+                    "ATELIER_SEGMENTER_DEVICE": args.device,
+                }
+                seconds = worker_seconds(home, "segmenter", jpegs, env)
+                worker[str(batch)] = {
+                    "images": args.images,
+                    "seconds": seconds,
+                    "images_per_s": args.images / seconds,
+                }
+    return {"alone": alone, "worker": worker, "detections_per_image": DETECTIONS, "test_size": TEST_SIZE}
+
+
+def write_artifact(repository: Path) -> Path:
+    """``<repository>/segmenter/1``: weights, config and the manifest ``train`` writes, less metrics."""
+    torch.manual_seed(0)
+    version_dir = repository / "segmenter" / "1"
+    version_dir.mkdir(parents=True)
+    taxonomy = Taxonomy(
+        [f"category{i}" for i in range(CLASSES)],
+        [SUPERCATEGORIES[i % len(SUPERCATEGORIES)] for i in range(CLASSES)],
+        [f"attribute{i}" for i in range(ATTRIBUTES)],
+        list(range(ATTRIBUTES)),
+    )
+    cfg = segmenter_cfg(PRESETS["r50-fpn"], taxonomy, "train", "test", version_dir)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
+    cfg.MODEL.DEVICE = "cpu"
+    from detectron2.modeling import build_model
+
+    torch.save({"model": build_model(cfg).state_dict()}, version_dir / WEIGHTS)
+    cfg.MODEL.WEIGHTS = WEIGHTS
+    (version_dir / CONFIG).write_text(cfg.dump())
+    manifest = {
+        "name": "segmenter",
+        "framework": "detectron2",
+        "classes": taxonomy.classes,
+        "supercategories": taxonomy.supercategories,
+        "attributes": taxonomy.attributes,
+        "attribute_ids": taxonomy.attribute_ids,
+        "attribute_threshold": 0.5,
+        "files": {name: sha256_file(version_dir / name) for name in (WEIGHTS, CONFIG)},
+    }
+    (version_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return version_dir
+
+
+@contextmanager
+def timed_steps() -> Iterator[dict[str, float]]:
+    """Seconds spent in each post-processing function of ``services.segmenter.model`` while open."""
+    spent: dict[str, float] = defaultdict(float)
+    originals = {name: getattr(segmenter_model, name) for name in STEPS}
+
+    def wrap(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - started
+
+        return timed
+
+    for name, function in originals.items():
+        setattr(segmenter_model, name, wrap(name, function))
+    try:
+        yield spent
+    finally:
+        for name, function in originals.items():
+            setattr(segmenter_model, name, function)
+
+
+def run_alone(
+    model: SegmenterModel, images: Sequence[Image.Image], batch: int, rounds: int, device: str
+) -> dict[str, Any]:
+    """``predict`` in calls of ``batch`` images; the post-processing steps timed inside it."""
+
+    def run() -> None:
+        for start in range(0, len(images), batch):
+            model.predict(list(images[start : start + batch]))
+
+    run()  # warm-up
+    total = 0.0
+    with timed_steps() as spent:
+        for _ in range(rounds):
+            total += _timed(run, device)
+    n = rounds * len(images)
+    # the steps do not nest: _png is called on what cutout, region_map and overlay return
+    post = sum(spent.values())
+    return {
+        "images_per_s": n / total,
+        "ms_per_image": 1000 * total / n,
+        "postprocess_ms_per_image": 1000 * post / n,
+        "postprocess_share": post / total,
+        "steps_ms_per_image": {name: 1000 * spent[name] / n for name in STEPS},
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"{m['cpu_cores']} CPU cores, torch {m['torch']} ({m['torch_threads']} threads) on {m['device']}; "
+        f"test size {result['test_size']}, {result['detections_per_image']} garments/image",
+        "",
+        "(1) predict, and its post-processing (cut-outs, colours, region map, overlay, PNG encoding)",
+    ]
+    rows = [
+        [
+            batch,
+            f"{r['images_per_s']:.2f}",
+            f"{r['ms_per_image']:.0f}",
+            f"{r['postprocess_ms_per_image']:.0f}",
+            f"{100 * r['postprocess_share']:.1f} %",
+            ", ".join(f"{k} {v:.0f}" for k, v in r["steps_ms_per_image"].items()),
+        ]
+        for batch, r in result["alone"].items()
+    ]
+    lines += _table(["batch", "images/s", "ms/image", "post ms", "post share", "steps (ms/image)"], rows)
+    if result["worker"]:
+        lines += ["", "(2) through the segmenter worker"]
+        rows = [[b, f"{w['images_per_s']:.2f}", f"{w['seconds']:.1f}"] for b, w in result["worker"].items()]
+        lines += _table(["micro-batch", "images/s", "job seconds"], rows)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
