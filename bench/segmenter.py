@@ -1,6 +1,6 @@
-"""The segmenter's speed: what its post-processing (cut-outs, colours, region map, overlay, their
-PNG encoding) costs as a share of ``predict``, at batch 1 and 4; and images per second through its Celery worker
-with micro-batches of 1 and 4. One run, side by side.
+"""The segmenter's speed: what its post-processing (cut-outs, colours, region map, overlay, their PNG
+encoding) costs as a share of ``predict``, at batch 1 and 4; and images per second through its Celery
+worker with micro-batches of 1 and 4. One run, side by side.
 
     .venv-torch/bin/python -m bench.segmenter [--rounds R] [--images N] [--device cpu|cuda] [--json PATH]
 
