@@ -62,13 +62,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.detector", description=__doc__.split("\n")[0])
+    return parse_model_bench(argv, "bench.detector", __doc__, images=24, default_json=DEFAULT_JSON)
+
+
+def parse_model_bench(
+    argv: list[str] | None, module: str, doc: str | None, *, images: int, default_json: Path
+) -> argparse.Namespace:
+    """The options of the Detectron2 services' benchmarks."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of (1)")
-    parser.add_argument("--images", type=int, default=24, help="images in the worker's job (2)")
+    parser.add_argument("--images", type=int, default=images, help="images in each worker job (2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-worker", action="store_true", help="only (1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    parser.add_argument("--json", type=Path, default=default_json, help="where to write the results")
     args = parser.parse_args(argv)
     if args.images < 1 or args.rounds < 1:
         parser.error(f"--images and --rounds must be at least 1, not {args.images} and {args.rounds}")
@@ -103,23 +110,29 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_artifact(repository: Path) -> Path:
     """``<repository>/detector/1``: the files ``train._publish`` writes, less the evaluation."""
-    torch.manual_seed(0)
     version_dir = repository / "detector" / "1"
     version_dir.mkdir(parents=True)
     cfg = make_cfg(PRESETS["r50-fpn"], list(CATEGORIES), "train", "test", version_dir)
+    return save_random_version(version_dir, cfg, {"classes": list(CATEGORIES)})
+
+
+def save_random_version(version_dir: Path, cfg: Any, described: dict[str, Any]) -> Path:
+    """``cfg``'s network, randomly initialised, as a version: weights, config, manifest with
+    ``described``. Every image keeps ``DETECTIONS`` instances (score threshold 0)."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
     cfg.MODEL.DEVICE = "cpu"
-    from detectron2.modeling import build_model
-
     torch.save({"model": build_model(cfg).state_dict()}, version_dir / WEIGHTS)
     cfg.MODEL.WEIGHTS = WEIGHTS
     (version_dir / CONFIG).write_text(cfg.dump())
     manifest = {
-        "name": "detector",
+        "name": version_dir.parent.name,
         "framework": "detectron2",
         "torch_version": torch.__version__,
-        "classes": list(CATEGORIES),
+        **described,
         "score_threshold": 0.0,
         "files": {name: sha256_file(version_dir / name) for name in (WEIGHTS, CONFIG)},
     }

@@ -12,7 +12,6 @@ exactly ``DETECTIONS`` garments. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import time
 from collections import defaultdict
@@ -21,17 +20,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from bench.detector import DETECTIONS, IMAGE_SIDE, WARMUP_IMAGES, _machine, _timed, worker_seconds
+from bench.detector import (
+    DETECTIONS,
+    IMAGE_SIDE,
+    WARMUP_IMAGES,
+    _machine,
+    _timed,
+    parse_model_bench,
+    save_random_version,
+    worker_seconds,
+)
 from bench.pipeline import _interrupt, _progress, _table, emit
 from bench.servers import bench_home
 from bench.synthetic import garment_jpegs
-from common.blobstore import sha256_file
 from common.images import decode_image
 from common.settings import get_settings
-from services.detector.model import CONFIG, MANIFEST, WEIGHTS
 from services.segmenter import model as segmenter_model
 from services.segmenter.config import PRESETS, SegmenterSettings
 from services.segmenter.dataset import Taxonomy
@@ -55,17 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.segmenter", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of (1)")
-    parser.add_argument("--images", type=int, default=16, help="images in each worker job (2)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip-worker", action="store_true", help="only (1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
-    args = parser.parse_args(argv)
-    if args.images < 1 or args.rounds < 1:
-        parser.error(f"--images and --rounds must be at least 1, not {args.images} and {args.rounds}")
-    return args
+    return parse_model_bench(argv, "bench.segmenter", __doc__, images=16, default_json=DEFAULT_JSON)
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,7 +98,6 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_artifact(repository: Path) -> Path:
     """``<repository>/segmenter/1``: weights, config and the manifest ``train`` writes, less metrics."""
-    torch.manual_seed(0)
     version_dir = repository / "segmenter" / "1"
     version_dir.mkdir(parents=True)
     taxonomy = Taxonomy(
@@ -113,26 +107,14 @@ def write_artifact(repository: Path) -> Path:
         list(range(ATTRIBUTES)),
     )
     cfg = segmenter_cfg(PRESETS["r50-fpn"], taxonomy, "train", "test", version_dir)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    cfg.TEST.DETECTIONS_PER_IMAGE = DETECTIONS
-    cfg.MODEL.DEVICE = "cpu"
-    from detectron2.modeling import build_model
-
-    torch.save({"model": build_model(cfg).state_dict()}, version_dir / WEIGHTS)
-    cfg.MODEL.WEIGHTS = WEIGHTS
-    (version_dir / CONFIG).write_text(cfg.dump())
-    manifest = {
-        "name": "segmenter",
-        "framework": "detectron2",
+    described = {
         "classes": taxonomy.classes,
         "supercategories": taxonomy.supercategories,
         "attributes": taxonomy.attributes,
         "attribute_ids": taxonomy.attribute_ids,
         "attribute_threshold": 0.5,
-        "files": {name: sha256_file(version_dir / name) for name in (WEIGHTS, CONFIG)},
     }
-    (version_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return version_dir
+    return save_random_version(version_dir, cfg, described)
 
 
 @contextmanager

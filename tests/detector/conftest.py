@@ -17,31 +17,17 @@ pytest.importorskip("detectron2", reason="the detector tests run in .venv-torch 
 from services.detector.config import PRESETS  # noqa: E402
 from tests.conftest import Infra  # noqa: E402
 from tests.detector.scenes import write_coco  # noqa: E402
+from tests.support.training import allow_training_time, shortened  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 192  # generated scenes, shorter side at training and test time
-TRAINING_TIMEOUT_S = 1800
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
-SMALL = PRESETS["r18-fpn-scratch"].model_copy(
-    update={
-        "max_iter": 300,
-        "steps": (),
-        "checkpoint_period": 150,
-        "min_size_train": (SIZE,),
-        "max_size_train": SIZE,
-        "min_size_test": SIZE,
-        "max_size_test": SIZE,
-        "score_threshold": 0.3,
-    }
-)
+SMALL = shortened(PRESETS["r18-fpn-scratch"], SIZE)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first test to ask for the trained model trains it (~10 min on 2 cores): a longer timeout."""
-    for item in items:
-        if item.path.parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.timeout(TRAINING_TIMEOUT_S))
+    allow_training_time(items, Path(__file__).parent)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,31 +78,50 @@ def scene(rng: np.random.Generator, size: int = 256) -> tuple[Image.Image, list[
     return image, garments
 
 
-def write_coco(root: Path, n: int, seed: int, size: int = 256) -> Path:
-    """``root/images/*.jpg`` and ``root/instances.json``; returns the JSON's path."""
+Scene = Callable[[np.random.Generator, int], tuple[Image.Image, list[dict[str, Any]]]]
+
+
+def write_coco(
+    root: Path,
+    n: int,
+    seed: int,
+    size: int = 256,
+    *,
+    draw: Scene = scene,
+    categories: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    quality: int = 92,
+) -> Path:
+    """``root/images/*.jpg`` and ``root/instances.json`` of ``n`` scenes by ``draw``; returns the JSON's
+    path. Each garment's keys besides ``polygon`` (``category_id``, ``bbox``, e.g. ``attribute_ids``)
+    go into its annotation; ``extra`` adds top-level keys (e.g. ``attributes``)."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for image_id in range(1, n + 1):
-        picture, garments = scene(rng, size)
+        picture, garments = draw(rng, size)
         name = f"{seed}-{image_id:05d}.jpg"
-        picture.save(root / "images" / name, quality=92)
+        picture.save(root / "images" / name, quality=quality)
         images.append({"id": image_id, "file_name": name, "width": size, "height": size})
         for garment in garments:
+            fields = {k: v for k, v in garment.items() if k != "polygon"}
             w, h = garment["bbox"][2], garment["bbox"][3]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
-                    "category_id": garment["category_id"],
-                    "bbox": garment["bbox"],
+                    **fields,
                     "area": w * h,
                     "iscrowd": 0,
                     "segmentation": [garment["polygon"]],
                 }
             )
-    categories = [{"id": i, "name": name, "supercategory": "clothes"} for i, name in sorted(SHAPES.items())]
+    if categories is None:
+        categories = [
+            {"id": i, "name": name, "supercategory": "clothes"} for i, name in sorted(SHAPES.items())
+        ]
+    data = {"images": images, "annotations": annotations, "categories": categories, **(extra or {})}
     path = root / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(json.dumps(data))
     return path

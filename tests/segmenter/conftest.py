@@ -14,30 +14,16 @@ pytest.importorskip("detectron2", reason="the segmenter tests run in .venv-torch
 from services.segmenter.config import PRESETS  # noqa: E402
 from tests.conftest import Infra  # noqa: E402
 from tests.segmenter.scenes import write_coco  # noqa: E402
+from tests.support.training import allow_training_time, shortened  # noqa: E402
 
 SIZE = 192
-TRAINING_TIMEOUT_S = 1800
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch) with the attribute head, shortened
-SMALL = PRESETS["r18-fpn-scratch"].model_copy(
-    update={
-        "max_iter": 300,
-        "steps": (),
-        "checkpoint_period": 150,
-        "min_size_train": (SIZE,),
-        "max_size_train": SIZE,
-        "min_size_test": SIZE,
-        "max_size_test": SIZE,
-        "score_threshold": 0.3,
-    }
-)
+SMALL = shortened(PRESETS["r18-fpn-scratch"], SIZE)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first test to ask for the trained model trains it (~10 min on 2 cores): a longer timeout."""
-    for item in items:
-        if item.path.parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.timeout(TRAINING_TIMEOUT_S))
+    allow_training_time(items, Path(__file__).parent)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ polygon mask and its ``attribute_ids``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from tests.detector.scenes import _polygon
+from tests.detector.scenes import write_coco as write_scenes
 
 CATEGORIES = {1: "top", 8: "pants", 10: "dress"}  # drawn with the detector scenes' silhouettes
 SUPERCATEGORIES = {1: "upperbody", 8: "lowerbody", 10: "wholebody"}  # as Fashionpedia names them
@@ -75,37 +75,10 @@ def scene(rng: np.random.Generator, size: int = 192) -> tuple[Image.Image, list[
 
 def write_coco(root: Path, n: int, seed: int, size: int = 192) -> Path:
     """``root/images/*.jpg`` and ``root/instances.json`` with ``attributes``; returns the JSON's path."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for image_id in range(1, n + 1):
-        picture, garments = scene(rng, size)
-        name = f"{seed}-{image_id:05d}.jpg"
-        picture.save(root / "images" / name, quality=95)
-        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
-        for garment in garments:
-            w, h = garment["bbox"][2], garment["bbox"][3]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": garment["category_id"],
-                    "attribute_ids": garment["attribute_ids"],
-                    "bbox": garment["bbox"],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    "segmentation": [garment["polygon"]],
-                }
-            )
-    data = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": i, "name": name, "supercategory": SUPERCATEGORIES[i]} for i, name in CATEGORIES.items()
-        ],
-        "attributes": [{"id": i, "name": name, "supercategory": "style"} for i, name in ATTRIBUTES.items()],
-    }
-    path = root / "instances.json"
-    path.write_text(json.dumps(data))
-    return path
+    categories = [
+        {"id": i, "name": name, "supercategory": SUPERCATEGORIES[i]} for i, name in CATEGORIES.items()
+    ]
+    attributes = [{"id": i, "name": n, "supercategory": "style"} for i, n in ATTRIBUTES.items()]
+    return write_scenes(
+        root, n, seed, size, draw=scene, categories=categories, extra={"attributes": attributes}, quality=95
+    )
