@@ -56,7 +56,8 @@ STEPS = ("garment_colours", "cutout", "region_map", "overlay", "_png")
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    emit(args, _machine(args), _measure(args), format_report)
+    measured = _measure(args)  # first: loading the model sets torch's threads, which the report names
+    emit(args, _machine(args), measured, format_report)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -32,7 +32,10 @@ class DetectorSettings(BaseSettings):
     test_size: int | None = None  # shorter image side at inference; the version's own when None
     max_size: int | None = None
     score_threshold: float | None = None  # detections kept from this score; the version's own when None
-    device: str = "auto"  # "cpu", "cuda", or "auto": cuda when available
+    device: str = "auto"
+    # torch's intra-op threads in the worker; None: one per available core (workers default BLAS and
+    # OpenMP to one thread for the numpy analysers, which would halve a CPU forward pass)
+    threads: int | None = None  # "cpu", "cuda", or "auto": cuda when available
 
 
 @lru_cache

@@ -6,6 +6,7 @@ Per garment: category, score, box, mask as COCO RLE, area, and the body region t
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ class ServingSettings(Protocol):
     max_size: int | None
     score_threshold: float | None
     device: str
+    threads: int | None
 
 
 class RCNNModel(Model):
@@ -86,6 +88,7 @@ class RCNNModel(Model):
                 f"the manifest lists {len(self.classes)}"
             )
         check_checkpoint_classes(self.version_dir / WEIGHTS, len(self.classes))
+        torch.set_num_threads(self.settings.threads or len(os.sched_getaffinity(0)))
         net = build_model(cfg)
         DetectionCheckpointer(net).load(cfg.MODEL.WEIGHTS)
         net.eval()
@@ -93,12 +96,13 @@ class RCNNModel(Model):
         self.resize = T.ResizeShortestEdge([size, size], self.settings.max_size or cfg.INPUT.MAX_SIZE_TEST)
         self.cfg, self.net = cfg, net
         log.info(
-            "%s %s loaded: %d classes, test size %d, on %s",
+            "%s %s loaded: %d classes, test size %d, on %s (%d threads)",
             self.name,
             self.version,
             len(self.classes),
             size,
             cfg.MODEL.DEVICE,
+            torch.get_num_threads(),
         )
 
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:

@@ -33,6 +33,9 @@ class SegmenterSettings(BaseSettings):
     score_threshold: float | None = None  # garments kept from this score; the version's own when None
     attribute_threshold: float | None = None  # attributes reported from this score; the version's own
     device: str = "auto"
+    # torch's intra-op threads in the worker; None: one per available core (workers default BLAS and
+    # OpenMP to one thread for the numpy analysers, which would halve a CPU forward pass)
+    threads: int | None = None
     colours: int = 3  # dominant colours per garment
 
 
