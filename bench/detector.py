@@ -22,7 +22,6 @@ import signal
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -241,7 +240,7 @@ def run_worker(
         "ATELIER_DETECTOR_DEVICE": device,
         "ATELIER_WORKER_CLASSIFY_CROPS": "false",
     }
-    wall_s = worker_seconds(home, "detector", jpegs, env)
+    [wall_s] = worker_seconds(home, "detector", [(env, jpegs)])
     _progress("(2) direct, second half")
     second = _direct(model, jpegs[WARMUP_IMAGES:][split:], batch, device)
     direct_s = first + second
@@ -258,28 +257,32 @@ def run_worker(
     }
 
 
-def worker_seconds(home: Path, service: str, jpegs: Sequence[bytes], env: dict[str, str]) -> float:
-    """Seconds the job of ``jpegs[WARMUP_IMAGES:]`` takes through a fresh embedded stack, the orchestrator
-    and one ``service`` worker in this interpreter (after a warm-up job of the first images). The
-    version is read from ``home/models``."""
-    run = home / f"run-{uuid.uuid4().hex[:8]}"
-    measured = len(jpegs) - WARMUP_IMAGES
-    with serve() as image_server, embedded_servers(run) as servers:
-        configure(run, servers, allow_hosts=[image_server.authority])
-        os.environ.update({**env, "ATELIER_MODEL_REPOSITORY": str(home / "models")})
-        get_settings.cache_clear()
-        get_worker_settings.cache_clear()
-        urls = orchestration.serve_images(image_server, jpegs)
-        _progress(f"pipeline: warm-up job of {WARMUP_IMAGES}, then the measured job of {measured}")
-        workers = (DEFAULT_WORKERS[0], WorkerPlan(service, python=sys.executable))
-        with Stack(run, workers=workers) as stack:
-            warmup = orchestration._run_job(stack, urls[:WARMUP_IMAGES], [service])
-            orchestration._check_done(*warmup, WARMUP_IMAGES)
-            started = time.perf_counter()
-            job_id, counts = orchestration._run_job(stack, urls[WARMUP_IMAGES:], [service])
-            wall_s = time.perf_counter() - started
-        orchestration._check_done(job_id, counts, measured)
-    return wall_s
+def worker_seconds(
+    home: Path, service: str, runs: Sequence[tuple[dict[str, str], Sequence[bytes]]]
+) -> list[float]:
+    """For each (environment, JPEGs) run: seconds the job of ``jpegs[WARMUP_IMAGES:]`` takes through
+    the orchestrator and a fresh ``service`` worker in this interpreter, after a warm-up job of the
+    first images. Give each run its own images: results are reused by content. One embedded
+    PostgreSQL and Valkey serve them all (this process's Celery app keeps the broker it first saw)."""
+    seconds: list[float] = []
+    with serve() as image_server, embedded_servers(home) as servers:
+        configure(home, servers, allow_hosts=[image_server.authority])
+        for env, jpegs in runs:
+            urls = orchestration.serve_images(image_server, jpegs, prefix=f"run{len(seconds)}")
+            measured = len(jpegs) - WARMUP_IMAGES
+            os.environ.update(env)
+            get_settings.cache_clear()
+            get_worker_settings.cache_clear()
+            _progress(f"pipeline {env}: warm-up job of {WARMUP_IMAGES}, then the measured job of {measured}")
+            workers = (DEFAULT_WORKERS[0], WorkerPlan(service, python=sys.executable))
+            with Stack(home / f"stack-{len(seconds)}", workers=workers) as stack:
+                warmup = orchestration._run_job(stack, urls[:WARMUP_IMAGES], [service])
+                orchestration._check_done(*warmup, WARMUP_IMAGES)
+                started = time.perf_counter()
+                job_id, counts = orchestration._run_job(stack, urls[WARMUP_IMAGES:], [service])
+                seconds.append(time.perf_counter() - started)
+            orchestration._check_done(job_id, counts, measured)
+    return seconds
 
 
 def _direct(model: DetectorModel, jpegs: Sequence[bytes], batch: int, device: str) -> float:

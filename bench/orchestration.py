@@ -51,12 +51,12 @@ class DirectRun:
     decode_cpu_s: float  # decode_image alone
 
 
-def serve_images(server: ImageServer, images: Sequence[bytes]) -> list[str]:
+def serve_images(server: ImageServer, images: Sequence[bytes], prefix: str = "garment") -> list[str]:
     """Publish the images on the local image server; returns their URLs, in order."""
     urls = []
     for i, data in enumerate(images):
-        server.routes[f"/garment-{i}.jpg"] = (200, {"Content-Type": "image/jpeg"}, data)
-        urls.append(server.url(f"/garment-{i}.jpg"))
+        server.routes[f"/{prefix}-{i}.jpg"] = (200, {"Content-Type": "image/jpeg"}, data)
+        urls.append(server.url(f"/{prefix}-{i}.jpg"))
     return urls
 
 

@@ -65,7 +65,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
-    jpegs = garment_jpegs(WARMUP_IMAGES + args.images, seed=args.seed, size=IMAGE_SIDE)
+    per_run = WARMUP_IMAGES + args.images
+    jpegs = garment_jpegs(per_run * (1 + len(BATCH_SIZES)), seed=args.seed, size=IMAGE_SIDE)
     max_pixels = get_settings().fetch.max_pixels
     images = [decode_image(data, max_pixels) for data in jpegs]
     with bench_home() as home:
@@ -80,20 +81,15 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         }
         worker = None
         if not args.skip_worker:
-            worker = {}
-            for batch in BATCH_SIZES:
-                _progress(f"(2) through the worker, micro-batch {batch}")
-                env = {
-                    "ATELIER_WORKER_MAX_BATCH": str(batch),
-                    "ATELIER_SEGMENTER_TEST_SIZE": str(TEST_SIZE),
-                    "ATELIER_SEGMENTER_DEVICE": args.device,
-                }
-                seconds = worker_seconds(home, "segmenter", jpegs, env)
-                worker[str(batch)] = {
-                    "images": args.images,
-                    "seconds": seconds,
-                    "images_per_s": args.images / seconds,
-                }
+            _progress(f"(2) through the worker, micro-batches {BATCH_SIZES}")
+            env = {"ATELIER_SEGMENTER_TEST_SIZE": str(TEST_SIZE), "ATELIER_SEGMENTER_DEVICE": args.device}
+            runs = [
+                ({**env, "ATELIER_WORKER_MAX_BATCH": str(b)}, jpegs[per_run * (i + 1) : per_run * (i + 2)])
+                for i, b in enumerate(BATCH_SIZES)
+            ]
+            seconds = worker_seconds(home, "segmenter", runs)
+            pairs = zip(BATCH_SIZES, seconds, strict=True)
+            worker = {str(b): {"seconds": t, "images_per_s": args.images / t} for b, t in pairs}
     return {"alone": alone, "worker": worker, "detections_per_image": DETECTIONS, "test_size": TEST_SIZE}
 
 
