@@ -159,7 +159,8 @@ def overlay(image: Image.Image, masks: NDArray[np.bool_], garments: list[dict[st
 
 def _png(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)  # the default level took 3.6x as long (bench/segmenter.py)
+    # level 1: the default level took 3.6x as long (bench/segmenter.py)
+    picture.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
