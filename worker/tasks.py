@@ -234,8 +234,7 @@ def crops_task(self: Task, result_id: str, blob_key: str) -> None:
     claim, output = staged
     try:
         model = served_model()
-        settings = get_settings()
-        image = decode_image(blob_store(settings.blob_dir).get(blob_key), settings.fetch.max_pixels)
+        image = _stored_image(claim)
         garments = output["garments"]
         started = time.perf_counter()
         predictions = model.predict_crops(image, [garment["box"] for garment in garments])
