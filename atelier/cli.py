@@ -193,82 +193,62 @@ RESUME_HELP = "go on from an interrupted run's checkpoint"
 VERSION_HELP = "a version; the newest when omitted"
 
 
-@detector_app.command("train")
-def detector_train(
-    train_json: Path,
-    train_images: Path,
-    test_json: Path,
-    test_images: Path,
-    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "r50-fpn",
-    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
-    max_iter: int | None = None,
-    weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
-    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
-) -> None:
-    """Train a new detector version (COCO-format data) into the model repository; print its AP."""
-    from services.detector.config import PRESETS
-    from services.detector.train import train
+def _add_training_commands(service_app: typer.Typer, service: str, train_doc: str, evaluate_doc: str) -> None:
+    """``train`` and ``evaluate`` for a Detectron2 service: ``services.<service>.config.PRESETS`` and
+    ``services.<service>.train.train`` / ``evaluate``, which take the same arguments."""
 
-    fields = _train_fields(PRESETS, preset, config, max_iter, weights)
-    paths = (train_json, train_images, test_json, test_images)
-    _train_and_report(
-        lambda repository: train(*paths, type(PRESETS[preset])(**fields), repository, resume=resume)
-    )
+    def modules() -> tuple[Any, Any]:
+        import importlib
+
+        return (
+            importlib.import_module(f"services.{service}.config"),
+            importlib.import_module(f"services.{service}.train"),
+        )
+
+    @service_app.command("train", help=train_doc)
+    def train_command(
+        train_json: Path,
+        train_images: Path,
+        test_json: Path,
+        test_images: Path,
+        preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "r50-fpn",
+        config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+        max_iter: int | None = None,
+        weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+        resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
+    ) -> None:
+        settings, training = modules()
+        fields = _train_fields(settings.PRESETS, preset, config, max_iter, weights)
+        train_config = type(settings.PRESETS[preset])(**fields)
+        paths = (train_json, train_images, test_json, test_images)
+        _train_and_report(lambda repository: training.train(*paths, train_config, repository, resume=resume))
+
+    @service_app.command("evaluate", help=evaluate_doc)
+    def evaluate_command(
+        test_json: Path,
+        test_images: Path,
+        version: Annotated[str | None, typer.Option(help=VERSION_HELP)] = None,
+    ) -> None:
+        _, training = modules()
+        _evaluate_and_report(service, version, lambda found: training.evaluate(found, test_json, test_images))
 
 
-@detector_app.command("evaluate")
-def detector_evaluate(
-    test_json: Path,
-    test_images: Path,
-    version: Annotated[str | None, typer.Option(help=VERSION_HELP)] = None,
-) -> None:
-    """Box and mask AP of a detector version on a COCO-format dataset."""
-    from services.detector.train import evaluate
-
-    _evaluate_and_report(
-        "detector", version, lambda version_dir: evaluate(version_dir, test_json, test_images)
-    )
-
+_add_training_commands(
+    detector_app,
+    "detector",
+    "Train a new detector version (COCO-format data) into the model repository; print its AP.",
+    "Box and mask AP of a detector version on a COCO-format dataset.",
+)
 
 segmenter_app = typer.Typer(no_args_is_help=True, help="The segmenter (run in its environment, .venv-torch).")
 app.add_typer(segmenter_app, name="segmenter")
-
-
-@segmenter_app.command("train")
-def segmenter_train(
-    train_json: Annotated[Path, typer.Argument(help="COCO instances with attribute_ids and attributes")],
-    train_images: Path,
-    test_json: Path,
-    test_images: Path,
-    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "r50-fpn",
-    config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
-    max_iter: int | None = None,
-    weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
-    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
-) -> None:
-    """Train a new segmenter version (Fashionpedia-layout data); print its AP and attribute F1."""
-    from services.segmenter.config import PRESETS
-    from services.segmenter.train import train
-
-    fields = _train_fields(PRESETS, preset, config, max_iter, weights)
-    paths = (train_json, train_images, test_json, test_images)
-    _train_and_report(
-        lambda repository: train(*paths, type(PRESETS[preset])(**fields), repository, resume=resume)
-    )
-
-
-@segmenter_app.command("evaluate")
-def segmenter_evaluate(
-    test_json: Path,
-    test_images: Path,
-    version: Annotated[str | None, typer.Option(help=VERSION_HELP)] = None,
-) -> None:
-    """Box and mask AP and attribute precision / recall / F1 of a segmenter version."""
-    from services.segmenter.train import evaluate
-
-    _evaluate_and_report(
-        "segmenter", version, lambda version_dir: evaluate(version_dir, test_json, test_images)
-    )
+_add_training_commands(
+    segmenter_app,
+    "segmenter",
+    "Train a new segmenter version (COCO instances with attribute_ids and attributes, the Fashionpedia "
+    "layout); print its AP and attribute F1.",
+    "Box and mask AP and attribute precision / recall / F1 of a segmenter version.",
+)
 
 
 def _train_fields(

@@ -55,10 +55,18 @@ WARMUP_IMAGES = 4
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parse(argv)
+    run_model_bench(_parse(argv), _measure, format_report)
+
+
+def run_model_bench(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """Measure, then report with the machine: loading the model sets torch's threads, which it names."""
     signal.signal(signal.SIGTERM, _interrupt)
-    measured = _measure(args)  # first: loading the model sets torch's threads, which the report names
-    emit(args, _machine(args), measured, format_report)
+    measured = measure(args)
+    emit(args, _machine(args), measured, report)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

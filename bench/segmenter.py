@@ -12,7 +12,6 @@ exactly ``DETECTIONS`` garments. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -26,13 +25,13 @@ from bench.detector import (
     DETECTIONS,
     IMAGE_SIDE,
     WARMUP_IMAGES,
-    _machine,
     _timed,
     parse_model_bench,
+    run_model_bench,
     save_random_version,
     worker_seconds,
 )
-from bench.pipeline import _interrupt, _progress, _table, emit
+from bench.pipeline import _progress, _table
 from bench.servers import bench_home
 from bench.synthetic import garment_jpegs
 from common.images import decode_image
@@ -54,10 +53,7 @@ STEPS = ("garment_colours", "cutout", "region_map", "overlay", "_png")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parse(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    measured = _measure(args)  # first: loading the model sets torch's threads, which the report names
-    emit(args, _machine(args), measured, format_report)
+    run_model_bench(_parse(argv), _measure, format_report)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -156,8 +156,7 @@ def list_images(
 )
 def get_explanation(item_id: uuid.UUID, model: str, head: str, session: SessionDep) -> Response:
     """The Grad-CAM overlay of one head, for an image submitted with ``explain``."""
-    view = jobs.image_view(session, item_id)
-    key = ((((view.record or {}).get(model) or {}).get("explanations") or {}).get(head)) if view else None
+    key = _record_blob(session, item_id, model, "explanations", head)
     if key is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no {model} explanation of {head!r} for image {item_id}"
@@ -172,12 +171,20 @@ def get_explanation(item_id: uuid.UUID, model: str, head: str, session: SessionD
 )
 def get_result_file(item_id: uuid.UUID, model: str, name: str, session: SessionDep) -> Response:
     """A picture a model made for the image (the segmenter's cut-outs, region map and overlay)."""
-    view = jobs.image_view(session, item_id)
-    key = ((((view.record or {}).get(model) or {}).get("files") or {}).get(name)) if view else None
+    key = _record_blob(session, item_id, model, "files", name)
     if key is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {model} file {name!r} for image {item_id}")
     media_type = "image/png" if name.endswith(".png") else "application/octet-stream"
     return Response(blob_store(get_settings().blob_dir).get(key), media_type=media_type)
+
+
+def _record_blob(session: Any, item_id: uuid.UUID, model: str, group: str, name: str) -> str | None:
+    """The blob key the merged record keeps at ``record[model][group][name]``, if any."""
+    view = jobs.image_view(session, item_id)
+    if view is None:
+        return None
+    key = (((view.record or {}).get(model) or {}).get(group) or {}).get(name)
+    return str(key) if key is not None else None
 
 
 @app.get("/healthz")

@@ -36,10 +36,18 @@ class SegmenterModel(RCNNModel):
 
     def __init__(self, version_dir: Path, settings: SegmenterSettings | None = None) -> None:
         self.segmenter_settings = settings or get_segmenter_settings()
+        self.regions: dict[str, str] = {}
         super().__init__(version_dir, self.segmenter_settings)
 
     def load(self) -> None:
         super().load()
+        # the body region of each category, from its supercategory in the training data
+        supercategories = self.manifest.get("supercategories") or []
+        self.regions = {
+            c: r
+            for c, s in zip(self.classes, supercategories, strict=False)
+            if (r := SUPERCATEGORY_REGION.get(s))
+        }
         attributes = self.manifest.get("attributes") or []
         assert self.cfg is not None
         if self.cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES != len(attributes):
@@ -58,8 +66,7 @@ class SegmenterModel(RCNNModel):
         return float(self.manifest.get("attribute_threshold", 0.5) if configured is None else configured)
 
     def body_region(self, category: str) -> str | None:
-        supercategories = dict(zip(self.classes, self.manifest.get("supercategories") or [], strict=False))
-        return SUPERCATEGORY_REGION.get(supercategories.get(category, ""))
+        return self.regions.get(category)
 
     def _extend_cfg(self, cfg: CfgNode) -> None:
         heads.add_attribute_config(cfg)
