@@ -92,14 +92,14 @@ class SegmenterModel(RCNNModel):
         files["regions.png"] = _png(regions)
         files["overlay.png"] = _png(overlay(image, masks, garments))
         counts = np.bincount(np.asarray(regions).ravel(), minlength=len(REGIONS))
+        total = float(counts.sum())
+        fractions = {name: round(float(c) / total, 6) for name, c in zip(REGIONS, counts, strict=True)}
         output = {
             "garments": garments,
             "regions": {
                 "map": "regions.png",
                 "values": dict(enumerate(REGIONS)),
-                "fractions": {
-                    name: round(float(c) / counts.sum(), 6) for name, c in zip(REGIONS, counts, strict=True)
-                },
+                "fractions": fractions,
             },
             "overlay": "overlay.png",
         }
