@@ -25,15 +25,15 @@ def _pattern_mask(pattern: int, size: int, rng: np.random.Generator) -> Image.Im
     """Where the pattern's second colour goes (L mode, 255 = second colour)."""
     layer = Image.new("L", (size, size), 0)
     pen = ImageDraw.Draw(layer)
-    if pattern == 142:
-        period = int(rng.integers(6, 10))
-        for y in range(0, size, period):
+    if pattern == 142:  # horizontal bands 6-9 px wide: resolved by the 4 px stride of the finest features
+        period = int(rng.integers(12, 19))
+        for y in range(int(rng.integers(0, period)), size, period):
             pen.rectangle((0, y, size, y + period // 2 - 1), fill=255)
-    elif pattern == 150:
-        period = int(rng.integers(8, 12))
+    elif pattern == 150:  # dots 7-9 px across on a 14-18 px grid
+        period, r = int(rng.integers(14, 19)), int(rng.integers(3, 5))
         for y in range(period // 2, size, period):
             for x in range(period // 2, size, period):
-                pen.ellipse((x - 2, y - 2, x + 2, y + 2), fill=255)
+                pen.ellipse((x - r, y - r, x + r, y + r), fill=255)
     return layer
 
 
