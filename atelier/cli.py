@@ -85,6 +85,26 @@ def worker(
     )
 
 
+@app.command()
+def ping(timeout: float = 5.0) -> None:
+    """Health check of the worker in this container or pod: exit 0 when it answers a Celery control
+    ping through the broker, 1 when not (broker unreachable, connection lost, main loop stuck)."""
+    import socket
+
+    from worker.celery_app import app as celery_app
+
+    # the worker's node name is "<service>-<hex>@<hostname>" (see `worker`): only this host's answers
+    ours = f"*@{socket.gethostname()}"
+    try:
+        answers = celery_app.control.ping(timeout=timeout, pattern=ours, matcher="glob", limit=1)
+    except Exception as exc:  # kombu's OperationalError and the like: the broker is not there
+        err.print(f"broker unreachable: {exc}")
+        raise typer.Exit(1) from exc
+    if not answers:
+        err.print(f"no worker answered on {socket.gethostname()} within {timeout:g} s")
+        raise typer.Exit(1)
+
+
 classifier_app = typer.Typer(
     no_args_is_help=True, help="The classifier (run in its environment, .venv-classifier)."
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, model_validator
@@ -50,6 +51,8 @@ class CoreSettings(BaseSettings):
     queues: QueueSettings = Field(default_factory=QueueSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     log_level: str = "INFO"
+    # "text" for people at a terminal; "json" (one object a line, with job and item ids) for collectors
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _refuse_placeholder_credentials(self) -> CoreSettings:

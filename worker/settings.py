@@ -27,6 +27,8 @@ class WorkerSettings(BaseSettings):
     max_wait_ms: float = 20.0
     # garments found by a detecting service go to its crops service (the classifier) when one is available
     classify_crops: bool = True
+    # Prometheus metrics of this worker at http://<host>:<port>/metrics; 0: none
+    metrics_port: int = 9100
 
 
 @lru_cache
