@@ -45,20 +45,29 @@ def worker(
     concurrency: int = 1,
     pool: str = "solo",
     loglevel: Annotated[str | None, typer.Option(help="default: ATELIER_LOG_LEVEL")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="metrics port, 0: none (default: ATELIER_WORKER_METRICS_PORT)"),
+    ] = None,
 ) -> None:
     """Run a Celery worker on the orchestrator queue or on one model service's queue."""
     import os
 
+    from common.logs import configure_logging
     from common.settings import get_settings
     from services.registry import get_spec
+    from worker.settings import get_worker_settings
 
     if service is not None:
         os.environ["ATELIER_WORKER_SERVICE"] = service
+    settings = get_settings()
+    configure_logging(loglevel or settings.log_level, settings.log_format)
     # One worker process per core is the unit of scale; BLAS thread pools inside it only spin
     # (measured: the properties analyser used 2.4x the CPU for no gain in wall time). Set before numpy loads.
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     from common.errors import ArtifactError
+    from worker import monitoring
     from worker.tasks import app as celery_app
     from worker.tasks import served_model
 
@@ -69,8 +78,12 @@ def worker(
         except ArtifactError as exc:
             err.print(f"[red]{exc}[/red]", soft_wrap=True)
             raise typer.Exit(3) from exc
-    queues = get_settings().queues
+    queues = settings.queues
     queue = get_spec(service).queue(queues) if service else queues.orchestrator
+    # the orchestrator reports every queue's depth, a model worker its own
+    watched = [queue] if service else sorted(set(queues.model_dump().values()))
+    port = get_worker_settings().metrics_port if metrics_port is None else metrics_port
+    monitoring.start(port, watched)
     celery_app.worker_main(
         [
             "worker",
@@ -78,7 +91,7 @@ def worker(
             f"--concurrency={concurrency}",
             f"--pool={pool}",
             f"--hostname={service or 'orchestrator'}-{uuid.uuid4().hex[:6]}@%h",
-            f"--loglevel={loglevel or get_settings().log_level}",
+            f"--loglevel={loglevel or settings.log_level}",
             "--without-gossip",
             "--without-mingle",
         ]
@@ -333,16 +346,20 @@ def gateway(host: str | None = None, port: int | None = None, workers: int = 1) 
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    from common.logs import configure_logging
     from common.settings import get_settings
     from gateway.settings import get_gateway_settings
 
     settings = get_gateway_settings()
+    core = get_settings()
+    configure_logging(core.log_level, core.log_format)
     uvicorn.run(
         "gateway.app:app",
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
-        log_level=get_settings().log_level.lower(),
+        log_level=core.log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to ours (text or JSON)
     )
 
 
@@ -350,6 +367,9 @@ def gateway(host: str | None = None, port: int | None = None, workers: int = 1) 
 def up(
     home: Annotated[Path, HOME_OPTION] = Path(".atelier"),
     port: int = 8000,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="workers' Prometheus metrics on this port and the next ones")
+    ] = None,
 ) -> None:
     """Start the embedded stack with the gateway and keep it running until Ctrl-C."""
     from atelier.stack import Stack
@@ -357,10 +377,12 @@ def up(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # SIGTERM (a supervisor, `kill`) stops the stack as cleanly as Ctrl-C does
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    with Stack(home, gateway_port=port) as stack:
+    with Stack(home, gateway_port=port, metrics_port=metrics_port) as stack:
         err.print(
             f"Atelier is up: http://127.0.0.1:{port}/docs  (logs in {stack.home / 'logs'}); Ctrl-C stops it"
         )
+        for name, worker_port in stack.metrics_ports.items():
+            err.print(f"metrics of {name}: http://127.0.0.1:{worker_port}/metrics")
         try:
             while True:
                 stack.check_processes()

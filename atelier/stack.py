@@ -120,12 +120,20 @@ class Stack(AbstractContextManager["Stack"]):
     applies the migrations, starts the workers; stops everything it started on exit."""
 
     def __init__(
-        self, home: Path, workers: tuple[WorkerPlan, ...] | None = None, gateway_port: int | None = None
+        self,
+        home: Path,
+        workers: tuple[WorkerPlan, ...] | None = None,
+        gateway_port: int | None = None,
+        metrics_port: int | None = None,
     ):
-        """``workers=None``: the orchestrator, ``properties``, and each model service able to serve."""
+        """``workers=None``: the orchestrator, ``properties``, and each model service able to serve.
+        ``metrics_port``: the workers serve Prometheus metrics on it and the ports after it, one each
+        (``self.metrics_ports``); None: no worker metrics (they would all want the same port)."""
         self.home = home.resolve()
         self.workers = workers
         self.gateway_port = gateway_port
+        self.metrics_port = metrics_port
+        self.metrics_ports: dict[str, int] = {}
         self._servers: list[Any] = []
         self._processes: list[subprocess.Popen[bytes]] = []
 
@@ -164,17 +172,27 @@ class Stack(AbstractContextManager["Stack"]):
         workers = self.workers
         if workers is None:
             workers = DEFAULT_WORKERS + model_workers(get_settings().model_repository)
-        for plan in workers:
-            self._spawn(worker_command(plan), logs / f"worker-{plan.service or 'orchestrator'}.log")
+        for i, plan in enumerate(workers):
+            name = plan.service or "orchestrator"
+            port = 0 if self.metrics_port is None else self.metrics_port + i
+            if port:
+                self.metrics_ports[name] = port
+            self._spawn(
+                worker_command(plan), logs / f"worker-{name}.log", {"ATELIER_WORKER_METRICS_PORT": str(port)}
+            )
         if self.gateway_port is not None:
             self._spawn(
                 [sys.executable, "-m", "atelier", "gateway", "--port", str(self.gateway_port)],
                 logs / "gateway.log",
             )
 
-    def _spawn(self, command: list[str], log_path: Path) -> None:
+    def _spawn(self, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         with log_path.open("ab") as sink:
-            self._processes.append(subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT))
+            self._processes.append(
+                subprocess.Popen(
+                    command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                )
+            )
         log.info("started %s (log %s)", " ".join(command[2:]), log_path)
 
     def check_processes(self) -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from common import metrics
 from common.blobstore import blob_store
+from common.logs import log_context
 from common.schemas import ImagePage, ImageView, ItemState, JobCreated, JobIn, JobView, check_models
 from common.settings import get_settings
 from db.session import session_factory
@@ -32,6 +36,28 @@ app = FastAPI(
 )
 
 
+@app.middleware("http")
+async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """``atelier_http_requests_total`` and ``atelier_http_request_duration_seconds`` by route template
+    (``/v1/jobs/{job_id}``, not each id: bounded label values); unmatched paths count as "unmatched"."""
+    began = time.perf_counter()
+    status_code = 500
+    try:
+        response = await call_next(request)
+        status_code = response.status_code
+        return response
+    finally:
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status_code)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - began)
+
+
+@app.get("/metrics", include_in_schema=False)
+def prometheus_metrics() -> Response:
+    """The gateway's Prometheus metrics (text exposition format)."""
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 def get_session() -> Iterator[Session]:
     with session_factory()() as session:
         yield session
@@ -44,15 +70,20 @@ def _submit(session: Session, build: Any) -> JobCreated:
     """Create the rows, commit, and only then publish: a worker never sees an item that is not there."""
     created: JobCreated = build()
     session.commit()
-    dispatch_job(created.job_id)
+    with log_context(job_id=created.job_id):
+        dispatch_job(created.job_id)
+        log.info("job accepted: %d items", len(created.items))
+    metrics.JOBS_SUBMITTED.inc()
     return created
 
 
 @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def create_job(body: JobIn, session: SessionDep) -> JobCreated:
-    return _submit(
+    created = _submit(
         session, lambda: jobs.create_job(session, items=body.items, models=body.models, explain=body.explain)
     )
+    metrics.ITEMS_SUBMITTED.labels("url").inc(len(body.items))
+    return created
 
 
 @app.post("/v1/jobs/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
@@ -83,10 +114,12 @@ def upload_job(
         for i, f in enumerate(files)
     ]
     store = blob_store(get_settings().blob_dir)
-    return _submit(
+    created = _submit(
         session,
         lambda: jobs.create_job(session, uploads=uploads, models=chosen, store=store, explain=explain),
     )
+    metrics.ITEMS_SUBMITTED.labels("upload").inc(len(uploads))
+    return created
 
 
 def _read_capped(upload: UploadFile, cap: int) -> bytes:

@@ -67,6 +67,8 @@ def infra(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
             "ATELIER_WORKER_RETRY_BACKOFF_S": "0.2",
             "ATELIER_WORKER_VISIBILITY_TIMEOUT_S": "4",
             "ATELIER_WORKER_RESTORE_INTERVAL_S": "1",
+            # workers started by the tests serve no metrics unless a test gives them a port
+            "ATELIER_WORKER_METRICS_PORT": "0",
         }
         os.environ.update(env)
         _reload_settings()

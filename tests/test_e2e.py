@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,12 +24,21 @@ RED = jpeg_bytes(garment_photo((200, 20, 30)))
 NAVY = png_bytes(garment_photo((20, 30, 90)))
 
 
+METRICS_PORT = 19310  # and 19311: the orchestrator's and the properties worker's metrics
+
+
 @pytest.fixture(scope="module")
 def stack(infra: Infra) -> Iterator[Infra]:
     from atelier.stack import Stack
 
-    with Stack(infra.home / "stack-e2e"):
-        yield infra
+    # the workers log JSON here, as they do in containers
+    os.environ["ATELIER_LOG_FORMAT"] = "json"
+    try:
+        with Stack(infra.home / "stack-e2e", metrics_port=METRICS_PORT):
+            os.environ.pop("ATELIER_LOG_FORMAT")
+            yield infra
+    finally:
+        os.environ.pop("ATELIER_LOG_FORMAT", None)
 
 
 @pytest.fixture
@@ -247,3 +259,96 @@ def test_reconcile_republishes_work_whose_messages_were_lost(client: TestClient,
     assert (stale.jobs, stale.items) == ([never.job_id], [lost.items[0].id])
     for created in (never, lost):
         assert wait_for_job(client, str(created.job_id))["counts"]["done"] == 1
+
+
+def _samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text exposition → {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_and_json_logs_follow_a_job(client: TestClient, stack: Infra) -> None:
+    import httpx
+
+    def worker_metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        deadline = time.monotonic() + 60  # the worker may still be starting
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert response.status_code == 200
+        return _samples(response.text)
+
+    # given: the metrics before, two good URLs and one that answers 404
+    stack.images.routes["/m-red.jpg"] = (200, {"Content-Type": "image/jpeg"}, RED)
+    stack.images.routes["/m-navy.png"] = (200, {"Content-Type": "image/png"}, NAVY)
+    urls = [stack.images.url(p) for p in ("/m-red.jpg", "/m-navy.png", "/m-missing.jpg")]
+    gateway_before = _samples(client.get("/metrics").text)
+    orchestrator_before, properties_before = worker_metrics(METRICS_PORT), worker_metrics(METRICS_PORT + 1)
+
+    # when
+    response = client.post("/v1/jobs", json={"items": [{"url": u} for u in urls], "models": ["properties"]})
+    assert response.status_code == 202, response.text
+    created = response.json()
+    wait_for_job(client, created["job_id"])
+
+    # then: the gateway counted the request, its latency and the items
+    gateway = _samples(client.get("/metrics").text)
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+    def grew(after: dict, before: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    post = {"method": "POST", "route": "/v1/jobs"}
+    assert grew(gateway, gateway_before, "atelier_http_requests_total", **post, status="202") == 1
+    assert grew(gateway, gateway_before, "atelier_http_request_duration_seconds_count", **post) == 1
+    assert grew(gateway, gateway_before, "atelier_items_submitted_total", source="url") == 3
+    assert grew(gateway, gateway_before, "atelier_jobs_submitted_total") == 1
+    job_route = {"method": "GET", "route": "/v1/jobs/{job_id}", "status": "200"}  # the template, not the id
+    assert _value(gateway, "atelier_http_requests_total", **job_route) >= 1
+
+    # the orchestrator: one dispatch and three fetches started and ended well (the 404 is recorded, not
+    # raised), and the depth of every queue
+    orchestrator = worker_metrics(METRICS_PORT)
+    fetch = "atelier.fetch_task"
+    assert grew(orchestrator, orchestrator_before, "atelier_tasks_total", task=fetch, state="started") == 3
+    assert grew(orchestrator, orchestrator_before, "atelier_tasks_total", task=fetch, state="succeeded") == 3
+    assert grew(orchestrator, orchestrator_before, "atelier_task_duration_seconds_count", task=fetch) == 3
+    dispatched = {"task": "atelier.dispatch_job_task", "state": "succeeded"}
+    assert grew(orchestrator, orchestrator_before, "atelier_tasks_total", **dispatched) == 1
+    for queue in ("orchestrator", "properties", "classifier", "detector", "segmenter"):
+        assert ("atelier_queue_depth", frozenset({("queue", queue)})) in orchestrator
+    assert _value(orchestrator, "atelier_queue_depth", queue="properties") == 0  # drained
+
+    # the properties worker: predict calls covering both images, their batch sizes, the model it loaded
+    properties = worker_metrics(METRICS_PORT + 1)
+    service = {"service": "properties"}
+    calls = grew(properties, properties_before, "atelier_inference_seconds_count", **service)
+    assert 1 <= calls <= 2
+    assert grew(properties, properties_before, "atelier_batch_size_sum", **service) == 2
+    from services.properties.config import PROPERTIES_VERSION
+
+    assert _value(properties, "atelier_model_info", service="properties", version=PROPERTIES_VERSION) == 1
+    assert ("atelier_queue_depth", frozenset({("queue", "properties")})) in properties
+
+    # JSON log lines of the orchestrator carry each item's id: the failed one with its error
+    log_path = stack.home / "stack-e2e" / "logs" / "worker-orchestrator.log"
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    by_item = {r["item_id"]: r for r in records if "item_id" in r and r["logger"] == "worker.tasks"}
+    red, navy, missing = (ref["id"] for ref in created["items"])
+    assert "stored" in by_item[red]["message"] and "stored" in by_item[navy]["message"]
+    assert by_item[missing]["level"] == "WARNING" and "404" in by_item[missing]["message"]
+    assert any(r.get("job_id") == created["job_id"] and "dispatched 3" in r["message"] for r in records)

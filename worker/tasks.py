@@ -19,11 +19,12 @@ from common.blobstore import blob_store, image_key, sha256_hex
 from common.errors import ItemError
 from common.fetch import fetch_url
 from common.images import decode_image, sniff_format
+from common.logs import log_context
 from common.settings import get_settings
 from db.session import reset_engine, transaction
 from services.base import Availability, Model, Prediction
 from services.registry import get_spec
-from worker import pipeline
+from worker import monitoring, pipeline
 from worker.celery_app import ANALYSE_TASK, CROPS_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.settings import get_worker_settings
 
@@ -47,6 +48,7 @@ def served_model() -> Model:
         model = spec.build(get_settings().model_repository)
         model.load()
         _loaded[name] = model
+        monitoring.model_loaded(model.name, model.version)
         log.info("loaded model %s version %s", model.name, model.version)
     return _loaded[name]
 
@@ -70,6 +72,7 @@ def dispatch_job_task(self: Task, job_id: str) -> int:
             fetch_task.apply_async((str(item_id),), producer=producer)
     with transaction() as session:
         pipeline.mark_dispatched(session, uuid.UUID(job_id))
+    log.info("dispatched %d items", len(item_ids))
     return len(item_ids)
 
 
@@ -92,9 +95,18 @@ def fetch_task(self: Task, item_id: str) -> None:
             explain = [m for m in claim.models if claim.explain and get_spec(m).explains]
             claims = pipeline.attach_image(session, item, stored, claim.models, availability, explain)
         _publish(claims)
+        log.info(
+            "image %s stored (%dx%d %s), %d analyses",
+            stored.sha256[:12],
+            stored.width,
+            stored.height,
+            stored.format,
+            len(claims),
+        )
     except ItemError as err:
         if err.transient and _may_retry(self):
             raise self.retry(countdown=_backoff(self.request.retries), exc=err) from err
+        log.warning("item failed: %s: %s", err.code, err.detail)
         with transaction() as session:
             pipeline.fail_item(session, item, err.code, err.detail)
     except Exception as exc:
@@ -159,33 +171,41 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
     if not claims:
         return
     for claim, outcome in zip(claims, _predict_isolating_failures(claims), strict=True):
-        if isinstance(outcome, Exception):
-            _retry_or_fail_analysis(claim, outcome)
-            continue
-        prediction, ms = outcome
-        output = prediction.output
-        try:
-            if prediction.files:
-                output = {**output, "files": _store_files(claim, "results", prediction.files)}
-            if claim.explain:
-                explanations = served_model().explain(_stored_image(claim), prediction)
-                output = {**output, "explanations": _store_files(claim, "explanations", explanations)}
-        except Exception as exc:
-            _retry_or_fail_analysis(claim, exc)
-            continue
-        crops_to = _crops_service(claim.model_name, output)
-        if crops_to is not None:
-            _stage_for_crops(claim, output, crops_to, batch_size=len(claims), inference_ms=ms)
-            continue
-        with transaction() as session:
-            pipeline.complete_analysis(
-                session,
-                claim,
-                output=output,
-                embedding=prediction.embedding,
-                batch_size=len(claims),
-                inference_ms=ms,
-            )
+        with log_context(result_id=claim.result_id, image_id=claim.image_id, service=claim.model_name):
+            _write_analysis(claim, outcome, len(claims))
+
+
+def _write_analysis(
+    claim: pipeline.AnalysisClaim, outcome: tuple[Prediction, float] | Exception, batch_size: int
+) -> None:
+    """Store one analysis's files and write its result (or retry it, or record its failure)."""
+    if isinstance(outcome, Exception):
+        _retry_or_fail_analysis(claim, outcome)
+        return
+    prediction, ms = outcome
+    output = prediction.output
+    try:
+        if prediction.files:
+            output = {**output, "files": _store_files(claim, "results", prediction.files)}
+        if claim.explain:
+            explanations = served_model().explain(_stored_image(claim), prediction)
+            output = {**output, "explanations": _store_files(claim, "explanations", explanations)}
+    except Exception as exc:
+        _retry_or_fail_analysis(claim, exc)
+        return
+    crops_to = _crops_service(claim.model_name, output)
+    if crops_to is not None:
+        _stage_for_crops(claim, output, crops_to, batch_size=batch_size, inference_ms=ms)
+        return
+    with transaction() as session:
+        pipeline.complete_analysis(
+            session,
+            claim,
+            output=output,
+            embedding=prediction.embedding,
+            batch_size=batch_size,
+            inference_ms=ms,
+        )
 
 
 def _crops_service(model_name: str, output: dict[str, Any]) -> str | None:
@@ -237,7 +257,8 @@ def crops_task(self: Task, result_id: str, blob_key: str) -> None:
         image = _stored_image(claim)
         garments = output["garments"]
         started = time.perf_counter()
-        predictions = model.predict_crops(image, [garment["box"] for garment in garments])
+        with monitoring.predict_call(model.name, len(garments)):
+            predictions = model.predict_crops(image, [garment["box"] for garment in garments])
         ms = (time.perf_counter() - started) * 1000.0
     except Exception as exc:
         if _may_retry(self):
@@ -298,7 +319,8 @@ def _predict_isolating_failures(
     ready = [image for image in images if not isinstance(image, Exception)]
     try:
         started = time.perf_counter()
-        predictions = iter(model.predict(ready)) if ready else iter(())
+        with monitoring.predict_call(model.name, len(ready)):
+            predictions = iter(model.predict(ready)) if ready else iter(())
         share = (time.perf_counter() - started) * 1000.0 / max(len(ready), 1)
         return [image if isinstance(image, Exception) else (next(predictions), share) for image in images]
     except Exception:
@@ -309,7 +331,8 @@ def _predict_isolating_failures(
 def _predict_one(model: Model, image: Image.Image) -> tuple[Prediction, float] | Exception:
     try:
         started = time.perf_counter()
-        [prediction] = model.predict([image])
+        with monitoring.predict_call(model.name, 1):
+            [prediction] = model.predict([image])
         return prediction, (time.perf_counter() - started) * 1000.0
     except Exception as exc:
         return exc
