@@ -48,6 +48,7 @@ def segmenter_cfg(
     cfg.MODEL.ROI_HEADS.NAME = NAME
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES = len(taxonomy.attributes)
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT = config.attribute_loss_weight
+    cfg.MODEL.ROI_ATTRIBUTE_HEAD.FC_DIM = config.attribute_fc_dim
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH_TEST = config.attribute_threshold
     return cfg
 
@@ -92,7 +93,9 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
     """Attribute precision, recall and F1 (micro over every attribute decision, macro as the mean of the
     attributes present in the ground truth) on detections matched to a ground-truth garment of the same
     category at IoU ≥ ``iou`` (greedily, by score). Unmatched detections and missed garments are the box
-    metrics' business, not counted here; ``matched`` says how many pairs were judged."""
+    metrics' business, not counted here; ``matched`` says how many pairs were judged. Also, free of the
+    threshold, each attribute's average precision over the matched garments ranked by its score
+    (``AP-<name>``, their mean ``mAP``): how well the scores order the garments that have it."""
 
     def __init__(self, dataset_name: str, threshold: float, iou: float = 0.5) -> None:
         self.dataset_name, self.threshold, self.iou = dataset_name, threshold, iou
@@ -109,7 +112,7 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 "boxes": instances.pred_boxes.tensor,
                 "classes": instances.pred_classes.numpy(),
                 "scores": instances.scores.numpy(),
-                "attributes": instances.attribute_scores.numpy() >= self.threshold,
+                "attributes": instances.attribute_scores.numpy(),
             }
 
     def evaluate(self) -> OrderedDict[str, Any]:
@@ -117,6 +120,8 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
         tp, fp, fn = np.zeros(n), np.zeros(n), np.zeros(n)
         support = np.zeros(n)
         matched = 0
+        scores: list[np.ndarray] = []
+        truths: list[np.ndarray] = []
         for record in DatasetCatalog.get(self.dataset_name):
             predicted = self._predictions.get(record["image_id"])
             if predicted is None:
@@ -124,13 +129,16 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
             for p, g in self._match(predicted, record["annotations"]):
                 truth = np.zeros(n, dtype=bool)
                 truth[record["annotations"][g].get("attribute_index", [])] = True
-                guess = predicted["attributes"][p]
+                guess = predicted["attributes"][p] >= self.threshold
+                scores.append(predicted["attributes"][p])
+                truths.append(truth)
                 tp += guess & truth
                 fp += guess & ~truth
                 fn += ~guess & truth
                 support += truth
                 matched += 1
         present = support > 0
+        ap = _average_precision(np.array(scores).reshape(-1, n), np.array(truths).reshape(-1, n))
         precision = _ratio(tp, tp + fp)
         recall = _ratio(tp, tp + fn)
         f1 = _ratio(2 * tp, 2 * tp + fp + fn)
@@ -144,8 +152,10 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
             "recall_macro": 100 * float(recall[present].mean()) if present.any() else 0.0,
             "f1_macro": 100 * float(f1[present].mean()) if present.any() else 0.0,
             "threshold": self.threshold,
+            "mAP": 100 * float(ap[present].mean()) if present.any() else 0.0,
             # per attribute, named like COCO's "AP-<class>" (Detectron2 prints only keys without "-")
             **{f"F1-{a}": 100 * float(f1[i]) for i, a in enumerate(self.attributes) if present[i]},
+            **{f"AP-{a}": 100 * float(ap[i]) for i, a in enumerate(self.attributes) if present[i]},
         }
         return OrderedDict(attributes=result)
 
@@ -173,6 +183,21 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 taken.add(g)
                 pairs.append((int(p), g))
         return pairs
+
+
+def _average_precision(scores: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """Per column: the mean, over the rows that have the attribute, of the precision among the rows
+    scored at least as high (ties broken against the positives); 0 for a column without positives."""
+    result = np.zeros(scores.shape[1])
+    for j in range(scores.shape[1]):
+        positives = truths[:, j]
+        if not positives.any():
+            continue
+        order = np.lexsort((positives, -scores[:, j]))  # by score, negatives first among equals
+        hits = positives[order]
+        precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        result[j] = float(precision_at[hits].mean())
+    return result
 
 
 def _ratio(numerator: Any, denominator: Any) -> Any:

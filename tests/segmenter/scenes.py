@@ -25,12 +25,12 @@ def _pattern_mask(pattern: int, size: int, rng: np.random.Generator) -> Image.Im
     """Where the pattern's second colour goes (L mode, 255 = second colour)."""
     layer = Image.new("L", (size, size), 0)
     pen = ImageDraw.Draw(layer)
-    if pattern == 142:  # horizontal bands 6-9 px wide: resolved by the 4 px stride of the finest features
-        period = int(rng.integers(12, 19))
+    if pattern == 142:  # horizontal bands 10-14 px wide: one band per cell of the 7x7 pooled features
+        period = int(rng.integers(20, 29))
         for y in range(int(rng.integers(0, period)), size, period):
             pen.rectangle((0, y, size, y + period // 2 - 1), fill=255)
-    elif pattern == 150:  # dots 7-9 px across on a 14-18 px grid
-        period, r = int(rng.integers(14, 19)), int(rng.integers(3, 5))
+    elif pattern == 150:  # dots 10-12 px across on a 20-26 px grid
+        period, r = int(rng.integers(20, 27)), int(rng.integers(5, 7))
         for y in range(period // 2, size, period):
             for x in range(period // 2, size, period):
                 pen.ellipse((x - r, y - r, x + r, y + r), fill=255)

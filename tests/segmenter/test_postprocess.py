@@ -67,3 +67,15 @@ def _png(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_attribute_average_precision_ranks_the_garments_by_score() -> None:
+    from services.segmenter.train import _average_precision
+
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.2, 0.5], [0.3, 0.3, 0.5], [0.1, 0.3, 0.5]])
+    truths = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=bool)
+    # column 0: positives ranked 1st and 3rd → (1 + 2/3) / 2; column 1: the positive ranked 3rd of 4 (the
+    # two 0.3s above it) → 1/3; column 2: no positive → 0
+    np.testing.assert_allclose(_average_precision(scores, truths), [5 / 6, 1 / 3, 0.0])
+    # a tie is broken against the positive: all equal scores give the base rate
+    assert _average_precision(np.full((4, 1), 0.5), truths[:, :1])[0] == pytest.approx((1 / 3 + 2 / 4) / 2)
