@@ -48,9 +48,6 @@ class SegmenterTrainConfig(TrainConfig):
     """The detector's training settings, plus the attribute head's."""
 
     attribute_loss_weight: float = 1.0
-    # 0: attributes from the box head's features (Fashionpedia's baseline); > 0: a hidden layer of
-    # this width of their own on the pooled ROI features
-    attribute_fc_dim: int = 0
     attribute_threshold: float = 0.5
 
 

@@ -12,7 +12,6 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances
-from fvcore.nn.weight_init import c2_xavier_fill
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,9 +24,6 @@ def add_attribute_config(cfg: CfgNode) -> None:
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES = 0
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT = 1.0
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH_TEST = 0.5
-    # 0: the classifier sits on the box head's features (the Fashionpedia baseline); > 0: on a hidden
-    # layer of this width of its own, fed the pooled ROI features (texture the box head may discard)
-    cfg.MODEL.ROI_ATTRIBUTE_HEAD.FC_DIM = 0
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -39,29 +35,14 @@ class AttributeROIHeads(StandardROIHeads):  # type: ignore[misc]
     """
 
     @configurable
-    def __init__(
-        self,
-        *,
-        num_attributes: int,
-        attribute_loss_weight: float,
-        attribute_fc_dim: int = 0,
-        pooled_size: int = 0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, num_attributes: int, attribute_loss_weight: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_attributes < 1:
             raise ValueError("MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES must be at least 1")
         self.num_attributes = num_attributes
         self.attribute_loss_weight = attribute_loss_weight
-        self.attribute_head: nn.Module | None = None
-        if attribute_fc_dim > 0:
-            hidden = nn.Linear(pooled_size, attribute_fc_dim)
-            c2_xavier_fill(hidden)
-            self.attribute_head = nn.Sequential(nn.Flatten(), hidden, nn.ReLU())
-            features = attribute_fc_dim
-        else:
-            width = self.box_head.output_shape
-            features = width.channels * (width.height or 1) * (width.width or 1)
+        width = self.box_head.output_shape
+        features = width.channels * (width.height or 1) * (width.width or 1)
         self.attribute_predictor = nn.Linear(features, num_attributes)
         nn.init.normal_(self.attribute_predictor.weight, std=0.01)
         nn.init.constant_(self.attribute_predictor.bias, 0.0)
@@ -71,34 +52,25 @@ class AttributeROIHeads(StandardROIHeads):  # type: ignore[misc]
         arguments: dict[str, Any] = super().from_config(cfg, input_shape)
         arguments["num_attributes"] = cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES
         arguments["attribute_loss_weight"] = cfg.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT
-        arguments["attribute_fc_dim"] = cfg.MODEL.ROI_ATTRIBUTE_HEAD.get("FC_DIM", 0)
-        channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
-        arguments["pooled_size"] = channels * cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION**2
         return arguments
 
-    def _box_features(
-        self, features: dict[str, torch.Tensor], boxes: list[Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the box head's features, the attribute classifier's input) of each box."""
+    def _box_features(self, features: dict[str, torch.Tensor], boxes: list[Any]) -> torch.Tensor:
         pooled = self.box_pooler([features[f] for f in self.box_in_features], boxes)
-        box_features = torch.flatten(self.box_head(pooled), start_dim=1)
-        if self.attribute_head is None:
-            return box_features, box_features
-        return box_features, self.attribute_head(pooled)
+        return torch.flatten(self.box_head(pooled), start_dim=1)
 
     def _forward_box(
         self, features: dict[str, torch.Tensor], proposals: list[Instances]
     ) -> dict[str, torch.Tensor] | list[Instances]:
-        box_features, attribute_input = self._box_features(features, [p.proposal_boxes for p in proposals])
+        box_features = self._box_features(features, [p.proposal_boxes for p in proposals])
         predictions = self.box_predictor(box_features)
         if self.training:
             losses: dict[str, torch.Tensor] = self.box_predictor.losses(predictions, proposals)
-            losses["loss_attr"] = self._attribute_loss(self.attribute_predictor(attribute_input), proposals)
+            losses["loss_attr"] = self._attribute_loss(self.attribute_predictor(box_features), proposals)
             return losses
         instances, _ = self.box_predictor.inference(predictions, proposals)
         boxes = [i.pred_boxes for i in instances]
         if sum(len(b) for b in boxes):
-            scores = torch.sigmoid(self.attribute_predictor(self._box_features(features, boxes)[1]))
+            scores = torch.sigmoid(self.attribute_predictor(self._box_features(features, boxes)))
         else:
             scores = box_features.new_zeros((0, self.num_attributes))
         per_image = scores.split([len(b) for b in boxes])

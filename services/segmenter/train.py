@@ -48,7 +48,6 @@ def segmenter_cfg(
     cfg.MODEL.ROI_HEADS.NAME = NAME
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES = len(taxonomy.attributes)
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT = config.attribute_loss_weight
-    cfg.MODEL.ROI_ATTRIBUTE_HEAD.FC_DIM = config.attribute_fc_dim
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH_TEST = config.attribute_threshold
     return cfg
 

@@ -24,9 +24,12 @@ from tests.conftest import Infra
 from tests.e2e_support import wait_for_job
 from tests.segmenter.conftest import SIZE, TrainedSegmenter
 
-# on 40 held-out generated scenes after 300 iterations from scratch
+# on 40 held-out generated scenes after 300 iterations from scratch (measured: mask AP50 99.3, micro F1
+# 70.3; lengths F1 98.8 / 98.8, AP 100; patterns F1 0 / 55 / 0, AP 44 / 51 / 24: at this budget the
+# head learns the silhouette's length but not yet the texture, so the bar is set per group)
 REQUIRED_MASK_AP50 = 70.0
 REQUIRED_ATTRIBUTE_F1 = 60.0  # micro, on matched garments: pattern (3 kinds) and length (2)
+REQUIRED_LENGTH_F1 = 90.0  # each of maxi and mini
 SCENES = 8
 
 
@@ -40,6 +43,10 @@ def test_the_trained_segmenter_finds_garments_and_their_styles(trained_segmenter
     assert metrics["segm"]["AP50"] >= REQUIRED_MASK_AP50, metrics["segm"]
     assert metrics["attributes"]["f1_micro"] >= REQUIRED_ATTRIBUTE_F1, metrics["attributes"]
     assert metrics["attributes"]["matched"] > 40
+    for length in ("maxi (length)", "mini (length)"):
+        assert metrics["attributes"][f"F1-{length}"] >= REQUIRED_LENGTH_F1, metrics["attributes"]
+        assert metrics["attributes"][f"AP-{length}"] >= REQUIRED_LENGTH_F1, metrics["attributes"]
+    assert 0 <= metrics["attributes"]["mAP"] <= 100
     assert {k.removeprefix("F1-") for k in metrics["attributes"] if k.startswith("F1-")} == {
         "plain (pattern)",
         "stripe",
