@@ -1,9 +1,10 @@
-"""The container files agree with the project and with each other: docker-compose.yml,
-deploy/docker/Dockerfile and .env.example against the CLI, the settings classes and pyproject.toml.
+"""The compose files agree with the project and with each other: docker-compose.yml and .env.example
+against the CLI, the settings classes, the Compose Specification and the Dockerfiles of deploy/docker
+(tests/deploy/test_dockerfiles.py checks those).
 
 Static and offline: nothing is built or started, so no container engine is needed. The compose checks
-need PyYAML and skip without it. Validation against the Compose specification's JSON schema is not
-done here (no offline copy of the schema); the deploy issue adds it.
+need PyYAML, and the schema check jsonschema and check-jsonschema's vendored copy of the Compose
+Specification (the deploycheck extra); each skips without them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,64 @@ from pydantic_settings import BaseSettings
 
 from common.settings import CoreSettings
 from gateway.settings import GatewaySettings
+from services.classifier.config import ClassifierSettings
+from services.detector.config import DetectorSettings
 from services.registry import SERVICES
+from services.segmenter.config import SegmenterSettings
+from tests.deploy.test_dockerfiles import (
+    IMAGES,
+    PING,
+    ROLES,
+    dockerfile,
+    gateway_routes,
+    healthcheck_command,
+    run_atelier_help,
+)
 from worker.settings import WorkerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-DOCKERFILE = REPO_ROOT / "deploy" / "docker" / "Dockerfile"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-OUR_DOCKERFILE = "deploy/docker/Dockerfile"
 
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (CoreSettings, WorkerSettings, GatewaySettings)
-# variables of .env.example that only docker-compose.yml reads; no container sees them
-COMPOSE_ONLY = {"ATELIER_IMAGE", "POSTGRES_PASSWORD", "GATEWAY_PUBLISH", "FLOWER_PUBLISH"}
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    CoreSettings,
+    WorkerSettings,
+    GatewaySettings,
+    ClassifierSettings,
+    DetectorSettings,
+    SegmenterSettings,
+)
+# the modules that define them: importable without the model frameworks
+SETTINGS_MODULES = ("services.classifier.config", "services.detector.config", "services.segmenter.config")
+FRAMEWORKS = ("tensorflow", "keras", "torch", "torchvision", "detectron2")
+# variables of .env.example that only docker-compose.yml reads (or compose itself: COMPOSE_PROFILES);
+# no container sees them
+COMPOSE_ONLY = {
+    "COMPOSE_PROFILES",
+    "IMAGE_REGISTRY",
+    "IMAGE_TAG",
+    "POSTGRES_PASSWORD",
+    "GATEWAY_PUBLISH",
+    "FLOWER_PUBLISH",
+    "TORCH_CPU_MAX_BATCH",
+}
+# read by compose itself, never interpolated in docker-compose.yml
+COMPOSE_OWN = {"COMPOSE_PROFILES"}
 # settings whose value in the containers differs from the code's default on purpose
-DEPLOYMENT_VALUES = {"ATELIER_ENVIRONMENT", "ATELIER_DATABASE_URL", "ATELIER_REDIS_URL"}
+DEPLOYMENT_VALUES = {"ATELIER_ENVIRONMENT", "ATELIER_DATABASE_URL", "ATELIER_REDIS_URL", "ATELIER_LOG_FORMAT"}
+# settings compose never gives the containers: the images set the first two, `atelier worker --service`
+# the third, the gateway's command line the next two; the last is the embedded stack's
+NOT_FROM_COMPOSE = {
+    "ATELIER_BLOB_DIR",
+    "ATELIER_MODEL_REPOSITORY",
+    "ATELIER_WORKER_SERVICE",
+    "ATELIER_GATEWAY_HOST",
+    "ATELIER_GATEWAY_PORT",
+    "ATELIER_CLASSIFIER_PYTHON",
+}
 ONE_SHOT = {"migrate"}
 POOLS = {"solo", "threads", "prefork"}
-RUNTIME_UID = "10001"
+GPU_DEVICE = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
 
 
 # --- the settings' environment variables --------------------------------------------------------
@@ -178,120 +219,23 @@ def read_env_example() -> EnvExample:
     return EnvExample(values, documented)
 
 
-# --- the Dockerfile -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]]
-
-    def args(self, keyword: str) -> list[str]:
-        return [args for instruction, args in self.instructions if instruction == keyword]
-
-    def env(self) -> dict[str, str]:
-        pairs = (pair.split("=", 1) for args in self.args("ENV") for pair in shlex.split(args))
-        return {key: value for key, value in pairs}
-
-
-def read_dockerfile() -> list[Stage]:
-    stages: list[Stage] = []
-    for line in _logical_lines(DOCKERFILE.read_text()):
-        keyword, _, args = line.partition(" ")
-        keyword, args = keyword.upper(), args.strip()
-        if keyword == "FROM":
-            base, _, name = args.partition(" AS ")
-            stages.append(Stage(base.strip(), name.strip() or None, []))
-        elif stages:
-            stages[-1].instructions.append((keyword, args))
-    return stages
-
-
-def _logical_lines(text: str) -> Iterator[str]:
-    """Instructions with their continuation lines joined; comment and blank lines dropped."""
-    pending = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        yield pending + stripped
-        pending = ""
-
-
-@pytest.fixture(scope="module")
-def runtime() -> Stage:
-    return read_dockerfile()[-1]
-
-
-def run_atelier_help(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """``atelier <command> --help``: exit status 0 proves the sub-command and each option exist
-    (an unknown one exits 2). Nothing runs: --help stops before the command's body."""
-    return subprocess.run(
-        [sys.executable, "-m", "atelier", *command, "--help"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_dockerfile_entrypoint_is_atelier(runtime: Stage) -> None:
-    assert [json.loads(args) for args in runtime.args("ENTRYPOINT")] == [["atelier"]]
-
-
-def test_dockerfile_default_command_is_an_atelier_command(runtime: Stage) -> None:
-    [command] = [json.loads(args) for args in runtime.args("CMD")]
-    result = run_atelier_help(command)
-    assert result.returncode == 0, f"atelier {' '.join(command)}: {result.stderr}"
-
-
-def test_dockerfile_stages_are_slim_and_the_runtime_is_unprivileged(runtime: Stage) -> None:
-    stages = read_dockerfile()
-    assert [stage.base for stage in stages] == ["python:3.11-slim"] * len(stages)
-    assert len(stages) >= 2, "expected a builder stage and a runtime stage"
-    assert [user.split(":")[0] for user in runtime.args("USER")] == [RUNTIME_UID]
-    installs = [args for args in runtime.args("RUN") if re.search(r"pip install|apt-get install", args)]
-    assert installs == [], "the runtime stage installs nothing; the builder does"
-    copies = runtime.args("COPY")
-    assert copies == ["--from=builder /opt/venv /opt/venv"], f"the runtime takes only the venv: {copies}"
-
-
-def test_dockerfile_runtime_env_and_healthcheck(runtime: Stage) -> None:
-    env = runtime.env()
-    assert env["ATELIER_BLOB_DIR"] == "/data/blobs"
-    assert env["ATELIER_MODEL_REPOSITORY"] == "/models"
-    [healthcheck] = runtime.args("HEALTHCHECK")
-    [command] = [json.loads(args) for args in runtime.args("CMD")]
-    port = command[command.index("--port") + 1]
-    assert "urllib" in healthcheck and f"127.0.0.1:{port}/healthz" in healthcheck
-
-
-def test_dockerfile_extras_are_dependency_groups() -> None:
-    [builder] = [stage for stage in read_dockerfile() if stage.name == "builder"]
-    [extras] = [args.split("=", 1)[1] for args in builder.args("ARG") if args.startswith("EXTRAS=")]
-    groups = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert set(extras.split(",")) <= set(groups), f"EXTRAS={extras}; pyproject.toml has {sorted(groups)}"
-
-
-def test_dockerfile_copies_every_package() -> None:
-    # given the packages pyproject.toml installs
-    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    patterns = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
-    packages = {p for p in patterns if (REPO_ROOT / p / "__init__.py").is_file()}
-    # when the builder copies its sources
-    [builder] = [stage for stage in read_dockerfile() if stage.name == "builder"]
-    copied = {args.split()[0] for args in builder.args("COPY")}
-    # then every package is among them, and .dockerignore keeps none of them out
-    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
-    ignored = {line.strip().strip("/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()}
-    assert not (copied & ignored), f".dockerignore excludes {sorted(copied & ignored)}"
-
-
 # --- .env.example -------------------------------------------------------------------------------
+
+
+def test_settings_modules_import_no_framework() -> None:
+    # the settings of the model services are read where their framework is not installed (the gateway,
+    # these tests), so their modules must not import it; a fresh interpreter shows what each pulls in
+    code = (
+        "import importlib, sys\n"
+        f"for name in {SETTINGS_MODULES!r}: importlib.import_module(name)\n"
+        f"print(sorted(set({FRAMEWORKS!r}) & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"imported with the settings: {result.stdout}"
+    assert {cls.__module__ for cls in SETTINGS_CLASSES} >= set(SETTINGS_MODULES)
 
 
 def test_env_example_names_every_setting_and_only_settings() -> None:
@@ -337,18 +281,28 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services built from our Dockerfile."""
+    """The services built from our Dockerfiles: every one of ROLES, and no other."""
     built = {
         name: service
         for name, service in compose["services"].items()
-        if service.get("build", {}).get("dockerfile") == OUR_DOCKERFILE
+        if service.get("build", {}).get("dockerfile", "").startswith("deploy/docker/")
     }
-    assert {"migrate", "gateway", "worker", "properties"} <= set(built)
+    assert set(built) == set(ROLES), f"compose: {sorted(built)}; roles: {sorted(ROLES)}"
     return built
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict[str, str]:
+    """.env.example as compose reads it, with a real password."""
+    return read_env_example().resolved(POSTGRES_PASSWORD="0d9f3c1e7b")
 
 
 def is_worker(service: dict[str, Any]) -> bool:
     return bool(service.get("command")) and service["command"][0] == "worker"
+
+
+def is_model_service(name: str) -> bool:
+    return ROLES[name].image in IMAGES and IMAGES[ROLES[name].image].framework != frozenset()
 
 
 def option(command: list[str], name: str) -> str | None:
@@ -363,6 +317,18 @@ def resolve(node: Any, env: Mapping[str, str]) -> Any:
     if isinstance(node, list):
         return [resolve(value, env) for value in node]
     return node
+
+
+def container_env(service: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """What the container gets from compose: the interpolated values; a key without a value passes the
+    variable through when ``env`` has it and is left out otherwise."""
+    out: dict[str, str] = {}
+    for key, value in service.get("environment", {}).items():
+        if value is not None:
+            out[key] = interpolate(str(value), env)
+        elif key in env:
+            out[key] = env[key]
+    return out
 
 
 def flatten(node: Any, path: str = "") -> dict[str, Any]:
@@ -388,6 +354,35 @@ def strings(node: Any) -> Iterator[str]:
             yield from strings(value)
 
 
+def compose_schema() -> dict[str, Any]:
+    """The Compose Specification's JSON schema, as check-jsonschema vendors it (offline)."""
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema is not installed (deploycheck extra)")
+    schema = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    loaded: dict[str, Any] = json.loads(schema.read_text())
+    return loaded
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (deploycheck extra)")
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_compose_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+def test_the_schema_check_refuses_a_wrong_file(compose: dict[str, Any]) -> None:
+    # the check above is only worth something if the schema it loads refuses mistakes
+    wrong = json.loads(json.dumps(compose))
+    wrong["services"]["gateway"]["healthcheck"]["intervall"] = "30s"
+    wrong["services"]["worker"]["deploy"] = {"resources": {"reservations": {"devices": [{"count": 1}]}}}
+    errors = schema_errors(wrong)
+    assert any("intervall" in error for error in errors), errors
+    assert any("capabilities" in error for error in errors), errors
+
+
 def test_every_long_running_service_has_a_real_healthcheck(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         if name in ONE_SHOT:
@@ -399,12 +394,31 @@ def test_every_long_running_service_has_a_real_healthcheck(compose: dict[str, An
         assert " ".join(test[1:]).strip() not in {"true", "exit 0", ":", "/bin/true"}, f"{name}: {test}"
 
 
-def test_commands_are_atelier_sub_commands(ours: dict[str, dict[str, Any]]) -> None:
+def test_our_healthchecks_exist_in_the_project(ours: dict[str, dict[str, Any]]) -> None:
+    # given the health check of each service of ours
+    routes = gateway_routes()
     for name, service in ours.items():
-        command = service.get("command")
-        assert isinstance(command, list) and all(isinstance(a, str) for a in command), f"{name}: {command}"
-        result = run_atelier_help(command)
-        assert result.returncode == 0, f"{name}: atelier {' '.join(command)}: {result.stderr}"
+        if name in ONE_SHOT:
+            continue
+        test = service["healthcheck"]["test"]
+        if is_worker(service):
+            # then a worker's is `atelier ping`, the image's own, whose options exist
+            assert test == ["CMD", *PING], f"{name}: {test}"
+            assert healthcheck_command(dockerfile(ROLES[name].image).final(ROLES[name].variant)) == PING
+        else:
+            # and the gateway's an HTTP probe of one of its routes, on the port it serves
+            port = option(service["command"], "--port")
+            [url] = re.findall(r"http://[^'\"]+", " ".join(test))
+            assert url.startswith(f"http://127.0.0.1:{port}/"), f"{name}: {url}"
+            assert url.removeprefix(f"http://127.0.0.1:{port}") in routes, f"{name}: no route {url}"
+    assert run_atelier_help(PING[1:]).returncode == 0
+
+
+def test_commands_are_atelier_sub_commands(ours: dict[str, dict[str, Any]]) -> None:
+    for command in {tuple(service["command"]) for service in ours.values()}:
+        assert all(isinstance(a, str) for a in command), command
+        result = run_atelier_help(list(command))
+        assert result.returncode == 0, f"atelier {' '.join(command)}: {result.stderr}"
 
 
 def test_worker_options_are_valid(ours: dict[str, dict[str, Any]]) -> None:
@@ -424,12 +438,78 @@ def test_worker_options_are_valid(ours: dict[str, dict[str, Any]]) -> None:
     assert option(workers["worker"], "--service") is None, "the orchestrator serves no model service"
 
 
-def test_workers_can_be_scaled(compose: dict[str, Any], ours: dict[str, dict[str, Any]]) -> None:
+def test_services_run_the_image_and_command_of_their_role(
+    ours: dict[str, dict[str, Any]], defaults: dict[str, str]
+) -> None:
+    for name, service in ours.items():
+        role, image = ROLES[name], IMAGES[ROLES[name].image]
+        assert service["command"] == role.command, f"{name}: the command the tests start"
+        assert service["build"]["context"] == ".", f"{name}: the build context is the repository root"
+        assert service["build"]["dockerfile"] == image.dockerfile, name
+        assert service["build"].get("args", {}).get("VARIANT", "cpu") == role.variant, name
+        assert interpolate(service["image"], defaults) == f"{image.name}:{image.tag(role.variant)}", name
+
+
+def test_every_model_service_runs_on_cpu_and_on_gpu(ours: dict[str, dict[str, Any]]) -> None:
+    models = {name for name, spec in SERVICES.items() if spec.builtin_version is None}
+    for model in models:
+        assert option(ours[model]["command"], "--service") == model
+        assert option(ours[f"{model}-gpu"]["command"], "--service") == model
+
+
+def test_services_can_be_scaled(compose: dict[str, Any], ours: dict[str, dict[str, Any]]) -> None:
     for name, service in compose["services"].items():
         assert "container_name" not in service, f"{name}: a container_name forbids --scale"
     for name, service in ours.items():
         if is_worker(service):
             assert "ports" not in service, f"{name}: host ports forbid --scale"
+            assert "hostname" not in service, f"{name}: `atelier ping` tells replicas apart by hostname"
+            assert "replicas" not in service.get("deploy", {}), f"{name}: --scale decides"
+
+
+def test_gpu_profile_reserves_a_gpu_and_runs_cuda_images(
+    ours: dict[str, dict[str, Any]], defaults: dict[str, str]
+) -> None:
+    for name, service in ours.items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        image = interpolate(service["image"], defaults)
+        if "gpu" in service.get("profiles", []):
+            assert ROLES[name].variant == "cuda", name
+            assert devices == [GPU_DEVICE], f"{name}: one NVIDIA GPU"
+            assert image.endswith("-cuda") and service["build"]["args"]["VARIANT"] == "cuda", (
+                f"{name}: {image}"
+            )
+        else:
+            assert devices == [] and not image.endswith("-cuda"), f"{name}: a CPU service"
+
+
+def test_model_services_are_enabled_one_by_one(ours: dict[str, dict[str, Any]]) -> None:
+    # a model service exits (status 3) while the models volume has none of its versions, so none runs by
+    # default: each has the profile of its hardware and one of its own, and .env.example enables none
+    for name, service in ours.items():
+        profiles = service.get("profiles", [])
+        if is_model_service(name):
+            hardware = "cpu" if ROLES[name].variant == "cpu" else "gpu"
+            assert sorted(profiles) == sorted([hardware, name]), f"{name}: profiles {profiles}"
+        else:
+            assert profiles == [], f"{name} is part of every stack"
+    assert read_env_example().values["COMPOSE_PROFILES"] == ""
+
+
+def test_torch_on_cpu_takes_one_image_at_a_time(
+    compose: dict[str, Any], ours: dict[str, dict[str, Any]], defaults: dict[str, str]
+) -> None:
+    for name, service in ours.items():
+        role = ROLES[name]
+        if role.image not in {"detector", "segmenter"}:
+            continue
+        batch = container_env(service, defaults)["ATELIER_WORKER_MAX_BATCH"]
+        if role.variant == "cpu":
+            # the image's own value, which compose's shared setting would otherwise override
+            image = dockerfile(role.image).final("cpu").env()["ATELIER_WORKER_MAX_BATCH"]
+            assert batch == image == "1", f"{name}: max batch {batch}, image {image}"
+        else:
+            assert int(batch) > 1, f"{name}: a GPU takes batches"
 
 
 def test_services_wait_for_what_they_need(compose: dict[str, Any], ours: dict[str, dict[str, Any]]) -> None:
@@ -454,11 +534,27 @@ def test_gateway_is_published_and_probed_on_its_port(ours: dict[str, dict[str, A
     assert f"127.0.0.1:{port}/" in " ".join(gateway["healthcheck"]["test"])
 
 
-def test_volumes_are_where_the_image_looks(runtime: Stage, ours: dict[str, dict[str, Any]]) -> None:
-    env = runtime.env()
+def test_workers_expose_their_metrics_port(ours: dict[str, dict[str, Any]], defaults: dict[str, str]) -> None:
+    for name, service in ours.items():
+        if not is_worker(service):
+            continue
+        port = container_env(service, defaults)["ATELIER_WORKER_METRICS_PORT"]
+        assert port == str(WorkerSettings().metrics_port), f"{name}: the documented port"
+        assert [interpolate(p, defaults) for p in service["expose"]] == [port], name
+        assert dockerfile(ROLES[name].image).final(ROLES[name].variant).args("EXPOSE") == [port], name
+
+
+def test_containers_log_json(ours: dict[str, dict[str, Any]], defaults: dict[str, str]) -> None:
+    for name, service in ours.items():
+        assert container_env(service, defaults)["ATELIER_LOG_FORMAT"] == "json", name
+        assert container_env(service, {})["ATELIER_LOG_FORMAT"] == "json", f"{name}: without a .env"
+
+
+def test_volumes_are_where_the_image_looks(ours: dict[str, dict[str, Any]]) -> None:
     for name, service in ours.items():
         if name in ONE_SHOT:
             continue
+        env = dockerfile(ROLES[name].image).final(ROLES[name].variant).env()
         mounts = {volume.split(":")[0]: volume.split(":")[1:] for volume in service["volumes"]}
         assert mounts["blobs"] == [env["ATELIER_BLOB_DIR"]], name
         assert mounts["models"] == [env["ATELIER_MODEL_REPOSITORY"], "ro"], f"{name}: models read-only"
@@ -471,17 +567,34 @@ def test_compose_environment_names_are_settings(ours: dict[str, dict[str, Any]])
         assert isinstance(environment, dict), f"{name}: environment as a mapping, please"
         unknown = sorted(k for k in environment if k.startswith("ATELIER_") and k not in leaves | groups)
         assert unknown == [], f"{name} sets variables no settings class reads: {unknown}"
-        assert "ATELIER_WORKER_SERVICE" not in environment, f"{name}: `worker --service` sets it"
+        assert not NOT_FROM_COMPOSE & set(environment), (
+            f"{name}: {sorted(NOT_FROM_COMPOSE & set(environment))}"
+        )
+
+
+def test_every_setting_reaches_the_containers(ours: dict[str, dict[str, Any]]) -> None:
+    # given the settings, and what .env.example documents without setting it
+    leaves, _ = settings_env_names()
+    example = read_env_example()
+    for name, service in ours.items():
+        environment = service.get("environment", {})
+        passed_through = {key for key, value in environment.items() if value is None}
+        # then each setting is given to every container, from .env or passed through, or deliberately not
+        missing = leaves - set(environment) - NOT_FROM_COMPOSE
+        assert missing == set(), f"{name} never gets {sorted(missing)}"
+        # and what is passed through is documented (commented out) in .env.example, not set there
+        assert passed_through <= example.documented - set(example.values), f"{name}: {passed_through}"
 
 
 def test_compose_defaults_are_those_of_env_example(compose: dict[str, Any]) -> None:
     # given every variable docker-compose.yml interpolates, and those .env.example sets
     example = read_env_example()
     referenced = {name for text in strings(compose) for name in re.findall(r"\$\{(\w+)", text)}
+    settable = set(example.values) - COMPOSE_OWN
     # then they are the same: a variable set in .env that compose never reads would do nothing
-    assert referenced == set(example.values), (
-        f"only in docker-compose.yml: {sorted(referenced - set(example.values))}; "
-        f"only in .env.example: {sorted(set(example.values) - referenced)}"
+    assert referenced == settable, (
+        f"only in docker-compose.yml: {sorted(referenced - settable)}; "
+        f"only in .env.example: {sorted(settable - referenced)}"
     )
     # and compose without any .env is compose with .env.example (every variable has a default)
     without_env = flatten(resolve(compose, {}))
@@ -491,13 +604,25 @@ def test_compose_defaults_are_those_of_env_example(compose: dict[str, Any]) -> N
 
 
 def test_compose_environment_is_what_the_settings_expect(
-    monkeypatch: pytest.MonkeyPatch, compose: dict[str, Any], ours: dict[str, dict[str, Any]]
+    monkeypatch: pytest.MonkeyPatch, ours: dict[str, dict[str, Any]], defaults: dict[str, str]
 ) -> None:
-    # given what each of our containers gets, with a real password
-    env = read_env_example().resolved(POSTGRES_PASSWORD="0d9f3c1e7b")
-    for name in ours:
-        environment = resolve(compose["services"][name].get("environment", {}), env)
+    for name, service in ours.items():
+        # given what each of our containers gets, with a real password
+        environment = container_env(service, defaults)
         # then the settings classes accept it, and it reaches the servers by their service names
         values = settings_values(monkeypatch, environment)
         assert values["ATELIER_DATABASE_URL"].split("@")[1].startswith("postgres:5432/"), name
         assert values["ATELIER_REDIS_URL"].startswith("redis://redis:6379/"), name
+
+
+def test_passed_through_settings_are_read_when_set(
+    monkeypatch: pytest.MonkeyPatch, ours: dict[str, dict[str, Any]], defaults: dict[str, str]
+) -> None:
+    # given .env giving a value to settings compose passes through
+    env = {**defaults, "ATELIER_DETECTOR_THREADS": "2", "ATELIER_SEGMENTER_SCORE_THRESHOLD": "0.6"}
+    # then the detector's container reads them, and without them the code's default (None) holds
+    values = settings_values(monkeypatch, container_env(ours["detector"], env))
+    assert values["ATELIER_DETECTOR_THREADS"] == 2
+    assert values["ATELIER_SEGMENTER_SCORE_THRESHOLD"] == 0.6
+    values = settings_values(monkeypatch, container_env(ours["detector"], defaults))
+    assert values["ATELIER_DETECTOR_THREADS"] is None
