@@ -23,16 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from pydantic import BaseModel, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import ValidationError
 
 from atelier.stack import DEFAULT_WORKERS, WorkerPlan, worker_command
 from common.settings import PLACEHOLDER_SECRETS, CoreSettings
-from gateway.settings import GatewaySettings
-from services.classifier.config import ClassifierSettings
-from services.detector.config import DetectorSettings
 from services.registry import SERVICES, get_spec
-from services.segmenter.config import SegmenterSettings
+from tests.deploy.test_compose import SETTINGS_CLASSES
+from tests.deploy.test_compose import settings_env_names as compose_settings_env_names
 from worker.settings import WorkerSettings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests: the deploycheck extra")
@@ -78,14 +75,6 @@ GRACE_S = 60  # Celery's warm shutdown; compose's stop_grace_period
 # A solo worker answers its ping only between micro-batches, so liveness must outlast the longest one.
 CPU_SECONDS_PER_IMAGE = {"properties": 0.05, "classifier": 0.56, "detector": 3.7, "segmenter": 1.9}
 
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
-    CoreSettings,
-    WorkerSettings,
-    GatewaySettings,
-    ClassifierSettings,
-    DetectorSettings,
-    SegmenterSettings,
-)
 # kinds that need a CRD, hence no schema in kubernetes_validate; each gets its own checks below
 CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
@@ -260,16 +249,8 @@ def memory_bytes(quantity: str | int) -> float:
 
 def settings_env_names() -> set[str]:
     """Every variable the settings classes read, nested ones as GROUP__FIELD and whole groups too."""
-    names: set[str] = set()
-    for cls in SETTINGS_CLASSES:
-        prefix = cls.model_config.get("env_prefix", "")
-        delimiter = cls.model_config.get("env_nested_delimiter")
-        for name, field in cls.model_fields.items():
-            names.add(f"{prefix}{name}".upper())
-            group = field.annotation
-            if delimiter and isinstance(group, type) and issubclass(group, BaseModel):
-                names |= {f"{prefix}{name}{delimiter}{sub}".upper() for sub in group.model_fields}
-    return names
+    leaves, groups = compose_settings_env_names()
+    return leaves | groups
 
 
 def use_env(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
