@@ -54,6 +54,10 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# the attributes every LogRecord has: not copied into the JSON object as extra fields
+_RESERVED = list(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) + ["message", "asctime", "taskName"]
+
+
 def json_formatter() -> logging.Formatter:
     return JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -63,10 +67,7 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-_RESERVED = list(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) + ["message", "asctime", "taskName"]
-
-
-def configure_logging(level: str, fmt: str) -> None:
+def configure_logging(level: str | int, fmt: str) -> None:
     """One handler on the root logger, to stderr; replaces what was there. Celery's and uvicorn's own
     loggers propagate to it (the worker does not hijack the root logger, the gateway passes uvicorn no
     log config)."""
@@ -77,4 +78,4 @@ def configure_logging(level: str, fmt: str) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(level.upper() if isinstance(level, str) else level)

@@ -20,10 +20,11 @@ _started: dict[str, tuple[float, Any]] = {}
 
 
 @signals.setup_logging.connect
-def _our_logging(**_: Any) -> None:
-    """Connected, so Celery configures no logging of its own: one format (text or JSON) everywhere."""
+def _our_logging(loglevel: Any = None, **_: Any) -> None:
+    """Connected, so Celery configures no logging of its own: one format (text or JSON) everywhere, at
+    the worker's ``--loglevel`` (which Celery passes on)."""
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(loglevel or settings.log_level, settings.log_format)
 
 
 def _name(sender: Any) -> str:
