@@ -49,9 +49,12 @@ class SegmenterTrainConfig(TrainConfig):
 
     attribute_loss_weight: float = 1.0
     attribute_threshold: float = 0.5
+    # 0: the attribute classifier reads the box head's features (the Fashionpedia baseline); N: its own
+    # pooler, N convolutions and global pooling (texture: stripes, dots), see heads.py
+    attribute_convs: int = 0
 
 
 PRESETS: dict[str, SegmenterTrainConfig] = {
     "r50-fpn": SegmenterTrainConfig(),
-    "r18-fpn-scratch": SegmenterTrainConfig(**SCRATCH_FIELDS),
+    "r18-fpn-scratch": SegmenterTrainConfig(**SCRATCH_FIELDS, attribute_convs=2),
 }

@@ -17,11 +17,13 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
+from pycocotools import mask as mask_utils
 
 from services.detector.train import Trainer as DetectorTrainer
 from services.detector.train import _work, evaluate_version, make_cfg, run_training
 from services.segmenter.config import SegmenterTrainConfig
 from services.segmenter.dataset import AttributeMapper, Taxonomy, register
+from services.segmenter.evaluate import Garment, combined_ap
 from services.segmenter.heads import NAME, add_attribute_config
 
 TRAIN, TEST = "atelier_segmenter_train", "atelier_segmenter_test"
@@ -49,6 +51,8 @@ def segmenter_cfg(
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES = len(taxonomy.attributes)
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.LOSS_WEIGHT = config.attribute_loss_weight
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.SCORE_THRESH_TEST = config.attribute_threshold
+    cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_CONV = config.attribute_convs
+    cfg.MODEL.ROI_ATTRIBUTE_HEAD.NORM = cfg.MODEL.ROI_MASK_HEAD.NORM  # GN from scratch, like the mask head
     return cfg
 
 
@@ -112,6 +116,7 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 "classes": instances.pred_classes.numpy(),
                 "scores": instances.scores.numpy(),
                 "attributes": instances.attribute_scores.numpy(),
+                "masks": _rle(instances.pred_masks.numpy()),
             }
 
     def evaluate(self) -> OrderedDict[str, Any]:
@@ -155,8 +160,31 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
             # per attribute, named like COCO's "AP-<class>" (Detectron2 prints only keys without "-")
             **{f"F1-{a}": 100 * float(f1[i]) for i, a in enumerate(self.attributes) if present[i]},
             **{f"AP-{a}": 100 * float(ap[i]) for i, a in enumerate(self.attributes) if present[i]},
+            **self._fashionpedia(),
         }
         return OrderedDict(attributes=result)
+
+    def _fashionpedia(self) -> dict[str, float]:
+        """Fashionpedia's AP with IoU and attribute-F1 thresholds, on boxes and on masks
+        (``fashionpedia_box_AP``, ``fashionpedia_mask_AP_IoU50_F150``, ...)."""
+        records = [r for r in DatasetCatalog.get(self.dataset_name) if r["image_id"] in self._predictions]
+        result: dict[str, float] = {}
+        for kind in ("box", "mask"):
+            truths = [[_truth(a, r, kind) for a in r["annotations"]] for r in records]
+            detections = [self._detections(self._predictions[r["image_id"]], kind) for r in records]
+            for name, value in combined_ap(truths, detections, len(self.attributes)).items():
+                result[f"fashionpedia_{kind}_{name}"] = value
+        return result
+
+    def _detections(self, predicted: dict[str, Any], kind: str) -> list[Garment]:
+        boxes = BoxMode.convert(predicted["boxes"].numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist()
+        regions = boxes if kind == "box" else predicted["masks"]
+        return [
+            Garment(int(c), region, frozenset(np.flatnonzero(a >= self.threshold).tolist()), float(s))
+            for c, region, a, s in zip(
+                predicted["classes"], regions, predicted["attributes"], predicted["scores"], strict=True
+            )
+        ]
 
     def _match(self, predicted: dict[str, Any], annotations: list[dict[str, Any]]) -> list[tuple[int, int]]:
         if not annotations or not len(predicted["scores"]):
@@ -182,6 +210,28 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 taken.add(g)
                 pairs.append((int(p), g))
         return pairs
+
+
+def _rle(masks: np.ndarray) -> list[dict[str, Any]]:
+    """COCO RLEs of N x H x W boolean masks."""
+    if not len(masks):
+        return []
+    stacked = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
+    encoded: list[dict[str, Any]] = mask_utils.encode(stacked)
+    return encoded
+
+
+def _truth(annotation: dict[str, Any], record: dict[str, Any], kind: str) -> Garment:
+    """A ground-truth garment of a Detectron2 dataset record, its region an XYWH box or an RLE."""
+    if kind == "box":
+        region: Any = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYWH_ABS)
+    elif isinstance(annotation["segmentation"], dict):  # an RLE, which Detectron2's loader compresses
+        region = annotation["segmentation"]
+    else:
+        polygons = mask_utils.frPyObjects(annotation["segmentation"], record["height"], record["width"])
+        region = mask_utils.merge(polygons)
+    attributes = frozenset(int(i) for i in annotation.get("attribute_index", []))
+    return Garment(annotation["category_id"], region, attributes)
 
 
 def _average_precision(scores: np.ndarray, truths: np.ndarray) -> np.ndarray:
