@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,14 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             str(b): run_alone(model, images[:IMAGES_PER_ROUND], b, args.rounds, args.device)
             for b in BATCH_SIZES
         }
+        _progress("(2) the attribute head's texture descriptor: predict at batch 1 with and without it")
+        baseline = write_artifact(home / "models", attribute_convs=0, version="2")
+        models = {"with": model, "without": SegmenterModel(baseline, model.segmenter_settings)}
+        models["without"].load()
+        texture = interleaved(models, images[:IMAGES_PER_ROUND], args.rounds, args.device)
         worker = None
         if not args.skip_worker:
-            _progress(f"(2) through the worker, micro-batches {BATCH_SIZES}")
+            _progress(f"(3) through the worker, micro-batches {BATCH_SIZES}")
             env = {"ATELIER_SEGMENTER_TEST_SIZE": str(TEST_SIZE), "ATELIER_SEGMENTER_DEVICE": args.device}
             runs = [
                 ({**env, "ATELIER_WORKER_MAX_BATCH": str(b)}, jpegs[per_run * (i + 1) : per_run * (i + 2)])
@@ -86,12 +92,19 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             seconds = worker_seconds(home, "segmenter", runs)
             pairs = zip(BATCH_SIZES, seconds, strict=True)
             worker = {str(b): {"seconds": t, "images_per_s": args.images / t} for b, t in pairs}
-    return {"alone": alone, "worker": worker, "detections_per_image": DETECTIONS, "test_size": TEST_SIZE}
+    return {
+        "alone": alone,
+        "texture": texture,
+        "worker": worker,
+        "detections_per_image": DETECTIONS,
+        "test_size": TEST_SIZE,
+    }
 
 
-def write_artifact(repository: Path) -> Path:
-    """``<repository>/segmenter/1``: weights, config and the manifest ``train`` writes, less metrics."""
-    version_dir = repository / "segmenter" / "1"
+def write_artifact(repository: Path, attribute_convs: int | None = None, version: str = "1") -> Path:
+    """``<repository>/segmenter/<version>``: weights, config and the manifest ``train`` writes, less
+    metrics; the r50-fpn preset, its texture descriptor's convolutions replaced by ``attribute_convs``."""
+    version_dir = repository / "segmenter" / version
     version_dir.mkdir(parents=True)
     taxonomy = Taxonomy(
         [f"category{i}" for i in range(CLASSES)],
@@ -99,7 +112,10 @@ def write_artifact(repository: Path) -> Path:
         [f"attribute{i}" for i in range(ATTRIBUTES)],
         list(range(ATTRIBUTES)),
     )
-    cfg = segmenter_cfg(PRESETS["r50-fpn"], taxonomy, "train", "test", version_dir)
+    preset = PRESETS["r50-fpn"]
+    if attribute_convs is not None:
+        preset = preset.model_copy(update={"attribute_convs": attribute_convs})
+    cfg = segmenter_cfg(preset, taxonomy, "train", "test", version_dir)
     described = {
         "classes": taxonomy.classes,
         "supercategories": taxonomy.supercategories,
@@ -108,6 +124,25 @@ def write_artifact(repository: Path) -> Path:
         "attribute_threshold": 0.5,
     }
     return save_random_version(version_dir, cfg, described)
+
+
+def interleaved(
+    models: dict[str, SegmenterModel], images: Sequence[Image.Image], rounds: int, device: str
+) -> dict[str, float]:
+    """ms per image of each model's ``predict`` at batch 1, their rounds interleaved so that the machine's
+    noise falls on all of them alike."""
+    spent = dict.fromkeys(models, 0.0)
+    for model in models.values():
+        model.predict(list(images[:1]))  # warm-up
+    for _ in range(rounds):
+        for name, model in models.items():
+            spent[name] += _timed(partial(_one_by_one, model, images), device)
+    return {name: 1000 * seconds / (rounds * len(images)) for name, seconds in spent.items()}
+
+
+def _one_by_one(model: SegmenterModel, images: Sequence[Image.Image]) -> None:
+    for image in images:
+        model.predict([image])
 
 
 @contextmanager
@@ -181,8 +216,14 @@ def format_report(result: dict[str, Any]) -> str:
         for batch, r in result["alone"].items()
     ]
     lines += _table(["batch", "images/s", "ms/image", "post ms", "post share", "steps (ms/image)"], rows)
+    t = result["texture"]
+    lines += [
+        "",
+        f"(2) texture descriptor: {t['with']:.0f} ms/image with, {t['without']:.0f} without "
+        f"({t['with'] / t['without']:.3f}x)",
+    ]
     if result["worker"]:
-        lines += ["", "(2) through the segmenter worker"]
+        lines += ["", "(3) through the segmenter worker"]
         rows = [[b, f"{w['images_per_s']:.2f}", f"{w['seconds']:.1f}"] for b, w in result["worker"].items()]
         lines += _table(["micro-batch", "images/s", "job seconds"], rows)
     return "\n".join(lines)

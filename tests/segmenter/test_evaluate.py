@@ -104,18 +104,19 @@ def test_a_candidate_replaces_the_best_match_only_when_neither_iou_nor_f1_is_low
 def test_without_the_f1_threshold_it_is_cocos_ap() -> None:
     # given: random boxes, two categories, detections jittered, some missing, some false
     rng = np.random.default_rng(0)
-    images, truths, detections = 12, [], []
+    images = 12
+    truths: list[list[Garment]] = []
+    detections: list[list[Garment]] = []
     for _ in range(images):
         gt = [
-            Garment(int(rng.integers(1, 3)), box(*rng.uniform(0, 200, 2), rng.uniform(10, 60)))
-            for _ in range(4)
+            Garment(int(rng.integers(1, 3)), box(*_corner(rng), float(rng.uniform(10, 60)))) for _ in range(4)
         ]
         dt = [
             Garment(g.category, [v + rng.normal(0, 4) for v in g.region], score=float(rng.random()))
             for g in gt
             if rng.random() < 0.8
         ]
-        dt += [Garment(int(rng.integers(1, 3)), box(*rng.uniform(0, 200, 2), 30), score=float(rng.random()))]
+        dt += [Garment(int(rng.integers(1, 3)), box(*_corner(rng), 30), score=float(rng.random()))]
         truths.append(gt)
         detections.append(dt)
 
@@ -127,6 +128,11 @@ def test_without_the_f1_threshold_it_is_cocos_ap() -> None:
     assert 10 < reference < 90  # neither trivial
     assert ours["AP_IoU"] == pytest.approx(reference)
     assert ours["AP"] == pytest.approx(reference)  # no category has attributes
+
+
+def _corner(rng: np.random.Generator) -> tuple[float, float]:
+    x, y = rng.uniform(0, 200, 2)
+    return float(x), float(y)
 
 
 def _coco_ap(truths: list[list[Garment]], detections: list[list[Garment]]) -> float:
