@@ -148,8 +148,9 @@ def _image_hits(gt: list[Garment], dt: list[Garment], vocabulary: int, attribute
     ious = np.asarray(
         mask_utils.iou([d.region for d in dt], [g.region for g in gt], [0] * len(gt)), dtype=float
     ).reshape(len(dt), len(gt))
-    f1s = np.array([[attribute_f1(g.attributes, d.attributes, vocabulary) for g in gt] for d in dt])
-    if not attributes:
+    if attributes:
+        f1s = np.array([[attribute_f1(g.attributes, d.attributes, vocabulary) for g in gt] for d in dt])
+    else:
         f1s = np.ones_like(ious)
     thresholds = [*F1_THRESHOLDS, -1.0]
     for i, t_iou in enumerate(IOU_THRESHOLDS):

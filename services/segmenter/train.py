@@ -126,10 +126,9 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
         matched = 0
         scores: list[np.ndarray] = []
         truths: list[np.ndarray] = []
-        for record in DatasetCatalog.get(self.dataset_name):
-            predicted = self._predictions.get(record["image_id"])
-            if predicted is None:
-                continue
+        records = [r for r in DatasetCatalog.get(self.dataset_name) if r["image_id"] in self._predictions]
+        for record in records:
+            predicted = self._predictions[record["image_id"]]
             for p, g in self._match(predicted, record["annotations"]):
                 truth = np.zeros(n, dtype=bool)
                 truth[record["annotations"][g].get("attribute_index", [])] = True
@@ -160,14 +159,13 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
             # per attribute, named like COCO's "AP-<class>" (Detectron2 prints only keys without "-")
             **{f"F1-{a}": 100 * float(f1[i]) for i, a in enumerate(self.attributes) if present[i]},
             **{f"AP-{a}": 100 * float(ap[i]) for i, a in enumerate(self.attributes) if present[i]},
-            **self._fashionpedia(),
+            **self._fashionpedia(records),
         }
         return OrderedDict(attributes=result)
 
-    def _fashionpedia(self) -> dict[str, float]:
+    def _fashionpedia(self, records: list[dict[str, Any]]) -> dict[str, float]:
         """Fashionpedia's AP with IoU and attribute-F1 thresholds, on boxes and on masks
-        (``fashionpedia_box_AP``, ``fashionpedia_mask_AP_IoU50_F150``, ...)."""
-        records = [r for r in DatasetCatalog.get(self.dataset_name) if r["image_id"] in self._predictions]
+        (``fashionpedia_box_AP``, ``fashionpedia_mask_AP_IoU50_F150``, ...), over the predicted records."""
         result: dict[str, float] = {}
         for kind in ("box", "mask"):
             truths = [[_truth(a, r, kind) for a in r["annotations"]] for r in records]
