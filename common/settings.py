@@ -16,26 +16,41 @@ PLACEHOLDER_SECRETS = frozenset({"atelier", "change-me", "changeme", "secret", "
 class FetchSettings(BaseModel):
     """Limits of the safe image fetcher (``common.fetch``)."""
 
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    deadline_s: float = 30.0
-    max_bytes: int = 25 * 1024 * 1024
-    max_redirects: int = 5
-    max_pixels: int = 64_000_000
-    user_agent: str = "AtelierFetcher/0.1 (+https://github.com/atelier)"
-    # "host:port" pairs exempt from the address checks. Empty in production; tests put their local
-    # image server here. Only the exact authority is exempt: a redirect to another port is refused.
-    allow_hosts: list[str] = Field(default_factory=list)
+    connect_timeout_s: float = Field(
+        default=5.0, description="Seconds to wait for a connection to an image host."
+    )
+    read_timeout_s: float = Field(
+        default=10.0, description="Seconds to wait between two reads of an image download."
+    )
+    deadline_s: float = Field(
+        default=30.0, description="Seconds one whole download may take, redirects included."
+    )
+    max_bytes: int = Field(default=25 * 1024 * 1024, description="Largest image download, in bytes (25 MiB).")
+    max_redirects: int = Field(default=5, description="Most redirects followed for one URL.")
+    max_pixels: int = Field(default=64_000_000, description="Largest decoded image, in pixels.")
+    user_agent: str = Field(
+        default="AtelierFetcher/0.1 (+https://github.com/atelier)",
+        description="User-Agent header of the fetcher.",
+    )
+    # tests put their local image server here. Only the exact authority is exempt: a redirect to another
+    # port is refused.
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description='JSON list of "host:port" exempt from the private-address checks; empty in production.',
+    )
 
 
 class QueueSettings(BaseModel):
     """One Celery queue per concern, so operators scale each service on its own."""
 
-    orchestrator: str = "orchestrator"
-    properties: str = "properties"
-    classifier: str = "classifier"
-    detector: str = "detector"
-    segmenter: str = "segmenter"
+    orchestrator: str = Field(
+        default="orchestrator",
+        description="Queue of the orchestrating worker: job dispatch and image fetching.",
+    )
+    properties: str = Field(default="properties", description="Queue of the properties service.")
+    classifier: str = Field(default="classifier", description="Queue of the classifier service.")
+    detector: str = Field(default="detector", description="Queue of the detector service.")
+    segmenter: str = Field(default="segmenter", description="Queue of the segmenter service.")
 
 
 class CoreSettings(BaseSettings):
@@ -43,16 +58,37 @@ class CoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ATELIER_", env_nested_delimiter="__", extra="ignore")
 
-    environment: str = "development"
-    database_url: str = "postgresql+psycopg://atelier:atelier@localhost:5432/atelier"
-    redis_url: str = "redis://localhost:6379/0"
-    blob_dir: Path = Path(".atelier/blobs")
-    model_repository: Path = Path(".atelier/models")
-    queues: QueueSettings = Field(default_factory=QueueSettings)
-    fetch: FetchSettings = Field(default_factory=FetchSettings)
-    log_level: str = "INFO"
-    # "text" for people at a terminal; "json" (one object a line, with job and item ids) for collectors
-    log_format: Literal["text", "json"] = "text"
+    environment: str = Field(
+        default="development",
+        description='"development" allows the placeholder database password; anything else refuses it.',
+    )
+    database_url: str = Field(
+        default="postgresql+psycopg://atelier:atelier@localhost:5432/atelier",
+        description="SQLAlchemy URL of Postgres with pgvector.",
+    )
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", description="The Celery broker (Valkey or Redis)."
+    )
+    blob_dir: Path = Field(
+        default=Path(".atelier/blobs"), description="Where uploaded and fetched images are kept."
+    )
+    model_repository: Path = Field(
+        default=Path(".atelier/models"), description="The model repository (<model>/<version>/manifest.json)."
+    )
+    queues: QueueSettings = Field(
+        default_factory=QueueSettings,
+        description="Queue names, one per concern; the gateway and every worker must agree.",
+    )
+    fetch: FetchSettings = Field(default_factory=FetchSettings, description="The image fetcher's limits.")
+    log_level: str = Field(
+        default="INFO",
+        description="Log level of the gateway and the workers (`atelier worker --loglevel` overrides it).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description='"text" for people at a terminal; "json": one JSON object a line, with the job, item and '
+        "result ids, for a log collector.",
+    )
 
     @model_validator(mode="after")
     def _refuse_placeholder_credentials(self) -> CoreSettings:

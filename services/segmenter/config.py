@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.base import ServiceSpec
@@ -28,15 +29,27 @@ class SegmenterSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ATELIER_SEGMENTER_", extra="ignore")
 
-    test_size: int | None = None  # shorter image side at inference; the version's own when None
-    max_size: int | None = None
-    score_threshold: float | None = None  # garments kept from this score; the version's own when None
-    attribute_threshold: float | None = None  # attributes reported from this score; the version's own
-    device: str = "auto"
-    # torch's intra-op threads in the worker; None: one per available core (workers default BLAS and
-    # OpenMP to one thread for the numpy analysers, which would halve a CPU forward pass)
-    threads: int | None = None
-    colours: int = 3  # dominant colours per garment
+    test_size: int | None = Field(
+        default=None, description="Shorter image side at inference; unset: the model version's own."
+    )
+    max_size: int | None = Field(
+        default=None, description="Longer image side limit at inference; unset: the model version's own."
+    )
+    score_threshold: float | None = Field(
+        default=None, description="Garments kept from this score; unset: the model version's own."
+    )
+    attribute_threshold: float | None = Field(
+        default=None, description="Attributes reported from this score; unset: the model version's own."
+    )
+    device: str = Field(default="auto", description='"cpu", "cuda", or "auto": cuda when there is a GPU.')
+    # None is not "torch's default": workers default BLAS and OpenMP to one thread for the numpy
+    # analysers, which would halve a CPU forward pass
+    threads: int | None = Field(
+        default=None,
+        description="torch's intra-op threads in the worker; unset: one per core it sees. Scaling on CPU, "
+        "give each replica its share (cores / replicas).",
+    )
+    colours: int = Field(default=3, description="Dominant colours reported per garment.")
 
 
 @lru_cache
