@@ -33,13 +33,21 @@ class ClassifierSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ATELIER_CLASSIFIER_", extra="ignore")
 
-    top_k: int = 3
-    # fraction of a garment box added on each side before cropping (detector crops)
-    crop_margin: float = 0.1
-    # where Keras keeps downloaded weights (the zoo's cache); Keras' own default when None
-    keras_cache_dir: Path | None = None
-    # the classifier environment's interpreter, for the embedded stack (TensorFlow lives there)
-    python: Path | None = None
+    top_k: int = Field(default=3, description="Labels reported per head, best first.")
+    crop_margin: float = Field(
+        default=0.1,
+        description="Fraction of a garment box added on each side before a detector crop is classified.",
+    )
+    keras_cache_dir: Path | None = Field(
+        default=None,
+        description="Where Keras keeps downloaded weights (the zoo's cache, training only); unset: Keras' "
+        "own, ~/.keras.",
+    )
+    python: Path | None = Field(
+        default=None,
+        description="The classifier environment's interpreter (TensorFlow lives there), for the embedded "
+        "stack (`atelier up`).",
+    )
 
 
 @lru_cache
