@@ -69,15 +69,16 @@ def worker(
     from common.errors import ArtifactError
     from worker import monitoring
     from worker.tasks import app as celery_app
-    from worker.tasks import served_model
+    from worker.tasks import report_served, served_model
 
     if service is not None:
         # load before consuming: a missing artifact or framework stops the worker here, loudly
         try:
-            served_model()
+            model = served_model()
         except ArtifactError as exc:
             err.print(f"[red]{exc}[/red]", soft_wrap=True)
             raise typer.Exit(3) from exc
+        report_served(model)  # from now on new analyses of this service go to this version
     queues = settings.queues
     queue = get_spec(service).queue(queues) if service else queues.orchestrator
     # the orchestrator reports every queue's depth, a model worker its own
@@ -440,36 +441,37 @@ def _read_list(path: Path) -> list[str]:
 
 def _run_job(stack: Stack, entries: list[str], models: list[str] | None, timeout: float) -> list[ImageView]:
     from common.blobstore import blob_store
-    from common.schemas import ItemIn, check_models
+    from common.schemas import ItemIn
     from common.settings import get_settings
+    from db import jobs
     from db.session import session_factory
-    from gateway import jobs
-    from worker.celery_app import dispatch_job
+    from services.registry import SERVICES
+    from worker.broker import submit_job
 
     urls = [e for e in entries if "://" in e]
     uploads = [jobs.Upload(Path(p).name, Path(p).read_bytes()) for p in entries if "://" not in p]
     settings = get_settings()
     with session_factory()() as session:
-        created = jobs.create_job(
+        created = submit_job(
             session,
             items=[ItemIn(url=u) for u in urls],
             uploads=uploads,
-            models=check_models(models),
+            models=models,
             store=blob_store(settings.blob_dir),
         )
-        session.commit()
-    dispatch_job(created.job_id)
     _wait(stack, created.job_id, len(created.items), timeout)
     # the job holds the URLs first, then the files: print in the order the user gave them
     url_refs, file_refs = iter(created.items[: len(urls)]), iter(created.items[len(urls) :])
     ordered = [next(url_refs) if "://" in e else next(file_refs) for e in entries]
     with session_factory()() as session:
-        return [v for ref in ordered if (v := jobs.image_view(session, ref.id)) is not None]
+        order = tuple(SERVICES)
+        return [v for ref in ordered if (v := jobs.image_view(session, ref.id, order)) is not None]
 
 
 def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
+    from common.schemas import ItemStatus
+    from db import jobs
     from db.session import session_factory
-    from gateway import jobs
 
     deadline = time.monotonic() + timeout
     columns = (
@@ -485,7 +487,7 @@ def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
             with session_factory()() as session:
                 view = jobs.job_view(session, job_id, items_limit=0)
             assert view is not None
-            finished = view.counts["done"] + view.counts["failed"]
+            finished = view.counts[ItemStatus.done] + view.counts[ItemStatus.failed]
             counts = " ".join(f"{k}={v}" for k, v in view.counts.items() if v)
             progress.update(bar, completed=finished, counts=counts)
             if view.finished_at is not None:

@@ -14,6 +14,7 @@ import time
 import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -125,6 +126,7 @@ class Stack(AbstractContextManager["Stack"]):
         workers: tuple[WorkerPlan, ...] | None = None,
         gateway_port: int | None = None,
         metrics_port: int | None = None,
+        ready_timeout_s: float = 600.0,
     ):
         """``workers=None``: the orchestrator, ``properties``, and each model service able to serve.
         ``metrics_port``: the workers serve Prometheus metrics on it and the ports after it, one each
@@ -133,6 +135,7 @@ class Stack(AbstractContextManager["Stack"]):
         self.workers = workers
         self.gateway_port = gateway_port
         self.metrics_port = metrics_port
+        self.ready_timeout_s = ready_timeout_s
         self.metrics_ports: dict[str, int] = {}
         self._servers: list[Any] = []
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -172,6 +175,7 @@ class Stack(AbstractContextManager["Stack"]):
         workers = self.workers
         if workers is None:
             workers = DEFAULT_WORKERS + model_workers(get_settings().model_repository)
+        since = self._database_now()
         for i, plan in enumerate(workers):
             name = plan.service or "orchestrator"
             port = 0 if self.metrics_port is None else self.metrics_port + i
@@ -185,6 +189,39 @@ class Stack(AbstractContextManager["Stack"]):
                 [sys.executable, "-m", "atelier", "gateway", "--port", str(self.gateway_port)],
                 logs / "gateway.log",
             )
+        from services.registry import get_spec
+
+        served = [p.service for p in workers if p.service and get_spec(p.service).builtin_version is None]
+        self._wait_until_served(served, since)
+
+    @staticmethod
+    def _database_now() -> datetime:
+        from sqlalchemy import func, select
+
+        from db.session import transaction
+
+        with transaction() as session:
+            return session.scalars(select(func.now())).one()
+
+    def _wait_until_served(self, services: list[str], since: datetime) -> None:
+        """Model workers load their model, then report the version they serve (``db.versions``): until
+        they have, the orchestrator would skip their service. Raises if one exits instead."""
+        from db import versions
+        from db.session import transaction
+
+        deadline = time.monotonic() + self.ready_timeout_s
+        waiting = set(services)
+        while waiting:
+            with transaction() as session:
+                waiting = {s for s in waiting if versions.started_since(session, s, since) is None}
+            if not waiting:
+                return
+            self.check_processes()
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{sorted(waiting)} did not start serving within {self.ready_timeout_s:.0f} s"
+                )
+            time.sleep(0.2)
 
     def _spawn(self, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         with log_path.open("ab") as sink:

@@ -1,7 +1,7 @@
 """Part (a): the CPU the pipeline spends per image beyond the analysis itself.
 
 One job of N URLs, ``models=["properties"]``, runs through the real stack (submitted the way
-``atelier analyze`` does: ``gateway.jobs.create_job``, commit, then ``dispatch_job_task``); every
+``atelier analyze`` does: ``worker.broker.submit_job``: create the rows, commit, publish the dispatch); every
 process of the pipeline is metered. Then the same bytes go through ``decode_image`` +
 ``PropertiesModel.predict`` in this process: the work the properties worker does, without the pipeline.
 """
@@ -72,15 +72,13 @@ def run_pipeline(home: Path, warmup: list[str], urls: list[str], meter: CpuMeter
 
 
 def _run_job(stack: Stack, urls: list[str], models: list[str] = MODELS) -> tuple[uuid.UUID, dict[str, int]]:
-    """Submit as ``atelier analyze`` does (create_job, commit, publish the dispatch) and wait."""
+    """Submit as ``atelier analyze`` does (``submit_job``: rows, commit, publish) and wait."""
     from common.schemas import ItemIn
-    from gateway import jobs
-    from worker.celery_app import dispatch_job
+    from db import jobs
+    from worker.broker import submit_job
 
     with session_factory()() as session:
-        created = jobs.create_job(session, items=[ItemIn(url=u) for u in urls], models=models)
-        session.commit()
-    dispatch_job(created.job_id)
+        created = submit_job(session, items=[ItemIn(url=u) for u in urls], models=models)
     _wait_finished(stack, created.job_id)
     with session_factory()() as session:
         view = jobs.job_view(session, created.job_id, items_limit=0)

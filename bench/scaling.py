@@ -72,8 +72,8 @@ def drain(stack: Stack, home: Path, urls: list[str], workers: int) -> float:
     """Seconds K ``properties`` workers take to drain a backlog of ``len(urls)`` analyses."""
     from common.schemas import ItemIn
     from db.session import session_factory
-    from gateway import jobs
-    from worker.celery_app import app, dispatch_job
+    from worker.broker import submit_job
+    from worker.celery_app import app
 
     queue = get_settings().queues.properties
     processes = [_start_worker(home, n) for n in range(workers)]
@@ -81,9 +81,7 @@ def drain(stack: Stack, home: Path, urls: list[str], workers: int) -> float:
         names = _wait_for_workers(app, processes, workers)
         app.control.cancel_consumer(queue, destination=names, reply=True, timeout=10)
         with session_factory()() as session:
-            created = jobs.create_job(session, items=[ItemIn(url=u) for u in urls], models=[SERVICE])
-            session.commit()
-        dispatch_job(created.job_id)
+            created = submit_job(session, items=[ItemIn(url=u) for u in urls], models=[SERVICE])
         _wait_for_backlog(queue, len(urls))
         started = time.perf_counter()
         app.control.add_consumer(queue, destination=names, reply=True, timeout=10)

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from services.registry import SERVICES
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_ITEMS_PER_JOB = 10_000
-ItemState = Literal["queued", "fetching", "analysing", "done", "failed"]
 
 
-def check_models(models: list[str] | None) -> list[str] | None:
-    if models is None:
-        return None
-    unknown = [m for m in models if m not in SERVICES]
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; expected a subset of {sorted(SERVICES)}")
-    if not models:
-        raise ValueError("models must name at least one model (or be left out for all)")
-    return list(dict.fromkeys(models))
+class ItemStatus(enum.StrEnum):
+    """Where a submitted item is: queued → fetching → analysing → done | failed (the two terminal ones)."""
+
+    queued = "queued"
+    fetching = "fetching"
+    analysing = "analysing"
+    done = "done"
+    failed = "failed"
 
 
 class ItemIn(BaseModel):
@@ -39,16 +36,13 @@ class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
+    # checked against the service registry where a job is created (``services.registry.check_models``):
+    # the wire contract does not depend on the services
     models: list[str] | None = Field(default=None, description="subset of the model services; all by default")
     explain: bool = Field(
         default=False,
         description="also store a Grad-CAM overlay (PNG) per classifier head, for people to look at",
     )
-
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, models: list[str] | None) -> list[str] | None:
-        return check_models(models)
 
 
 class ItemRef(BaseModel):
@@ -65,10 +59,10 @@ class JobCreated(BaseModel):
     items: list[ItemRef]
 
 
-class ItemState_(BaseModel):
+class ItemSummary(BaseModel):
     id: uuid.UUID
     position: int
-    status: ItemState
+    status: ItemStatus
     error_code: str | None = None
 
 
@@ -76,11 +70,11 @@ class JobView(BaseModel):
     id: uuid.UUID
     models: list[str]
     item_count: int
-    counts: dict[ItemState, int]
+    counts: dict[ItemStatus, int]
     created_at: datetime
     dispatched_at: datetime | None
     finished_at: datetime | None
-    items: list[ItemState_]
+    items: list[ItemSummary]
 
 
 class ModelState(BaseModel):
@@ -90,7 +84,7 @@ class ModelState(BaseModel):
     inference_ms: float | None = None
 
 
-class ItemError_(BaseModel):
+class ItemFailure(BaseModel):
     code: str
     detail: str | None
 
@@ -105,8 +99,8 @@ class ImageView(BaseModel):
     filename: str | None
     external_id: str | None
     metadata: dict[str, Any] | None
-    status: ItemState
-    error: ItemError_ | None
+    status: ItemStatus
+    error: ItemFailure | None
     sha256: str | None
     models: dict[str, ModelState]
     record: dict[str, Any] | None

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.schemas import ItemStatus
+
 EMBEDDING_DIM = 512
 
 
@@ -46,21 +48,10 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand)
 
 
-class ItemStatus(enum.StrEnum):
-    queued = "queued"
-    fetching = "fetching"
-    analysing = "analysing"
-    done = "done"
-    failed = "failed"
-
-
 class ResultStatus(enum.StrEnum):
     pending = "pending"
     done = "done"
     failed = "failed"
-
-
-TERMINAL_ITEM_STATES = (ItemStatus.done, ItemStatus.failed)
 
 
 class Base(DeclarativeBase):
@@ -203,3 +194,17 @@ class ImageRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+
+
+class ServedVersion(Base):
+    """A model version some worker serves (``db.versions``): the orchestrator routes new analyses to the
+    version started most recently, and reads here instead of the model repository's files."""
+
+    __tablename__ = "served_versions"
+
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # the last time a worker started serving it: the newest start is the current version
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # the last heartbeat of any worker serving it: live while recent
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 from common import metrics
 from common.blobstore import blob_store
 from common.logs import log_context
-from common.schemas import ImagePage, ImageView, ItemState, JobCreated, JobIn, JobView, check_models
+from common.schemas import ImagePage, ImageView, ItemStatus, JobCreated, JobIn, JobView
 from common.settings import get_settings
+from db import jobs, versions
 from db.session import session_factory
-from gateway import jobs
 from gateway.settings import get_gateway_settings
-from services.registry import SERVICES
-from worker.celery_app import dispatch_job
+from services.registry import SERVICES, check_models
+from worker import broker
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,13 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _submit(session: Session, build: Any) -> JobCreated:
+def _submit(session: Session, field: list[str], **job: Any) -> JobCreated:
     """Create the rows, commit, and only then publish: a worker never sees an item that is not there."""
-    created: JobCreated = build()
-    session.commit()
+    try:
+        created = broker.submit_job(session, **job)
+    except ValueError as exc:  # unknown model names
+        _unprocessable(field, str(exc))
     with log_context(job_id=created.job_id):
-        dispatch_job(created.job_id)
         log.info("job accepted: %d items", len(created.items))
     metrics.JOBS_SUBMITTED.inc()
     return created
@@ -79,9 +80,7 @@ def _submit(session: Session, build: Any) -> JobCreated:
 
 @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def create_job(body: JobIn, session: SessionDep) -> JobCreated:
-    created = _submit(
-        session, lambda: jobs.create_job(session, items=body.items, models=body.models, explain=body.explain)
-    )
+    created = _submit(session, ["body", "models"], items=body.items, models=body.models, explain=body.explain)
     metrics.ITEMS_SUBMITTED.labels("url").inc(len(body.items))
     return created
 
@@ -102,7 +101,7 @@ def upload_job(
     if external_ids is not None and len(external_ids) != len(files):
         _unprocessable(["body", "external_ids"], f"{len(external_ids)} external_ids for {len(files)} files")
     try:
-        chosen = check_models(models)
+        check_models(models)
     except ValueError as exc:
         _unprocessable(["body", "models"], str(exc))
     uploads = [
@@ -115,8 +114,7 @@ def upload_job(
     ]
     store = blob_store(get_settings().blob_dir)
     created = _submit(
-        session,
-        lambda: jobs.create_job(session, uploads=uploads, models=chosen, store=store, explain=explain),
+        session, ["body", "models"], uploads=uploads, models=models, store=store, explain=explain
     )
     metrics.ITEMS_SUBMITTED.labels("upload").inc(len(uploads))
     return created
@@ -149,7 +147,7 @@ def get_job(
 
 @app.get("/v1/images/{item_id}", response_model=ImageView)
 def get_image(item_id: uuid.UUID, session: SessionDep) -> ImageView:
-    view = jobs.image_view(session, item_id)
+    view = jobs.image_view(session, item_id, order=tuple(SERVICES))
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {item_id}")
     return view
@@ -159,7 +157,7 @@ def get_image(item_id: uuid.UUID, session: SessionDep) -> ImageView:
 def list_images(
     session: SessionDep,
     external_id: str | None = None,
-    status_: Annotated[ItemState | None, Query(alias="status")] = None,
+    status_: Annotated[ItemStatus | None, Query(alias="status")] = None,
     job_id: uuid.UUID | None = None,
     sha256: Annotated[str | None, Query(pattern="^[0-9a-fA-F]{64}$")] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
@@ -176,6 +174,7 @@ def list_images(
             status=status_,
             job_id=job_id,
             sha256=sha256,
+            order=tuple(SERVICES),
         )
     except ValueError as exc:
         _unprocessable(["query", "cursor"], str(exc))
@@ -233,11 +232,25 @@ def readyz(session: SessionDep) -> JSONResponse:
         "database": _check_database(session),
         "broker": _check_broker(settings.redis_url, timeout),
     }
-    checks["services"] = {
-        name: vars(spec.availability(settings.model_repository)) for name, spec in SERVICES.items()
-    }
+    checks["services"] = _services(session)
     ready = checks["database"] == "ok" and checks["broker"] == "ok"
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+def _services(session: Session) -> dict[str, Any]:
+    """What each model service serves, as its workers reported it (the gateway reads no model files)."""
+    try:
+        return {
+            name: vars(
+                versions.Availability(True, spec.builtin_version)
+                if spec.builtin_version is not None
+                else versions.availability(session, name)
+            )
+            for name, spec in SERVICES.items()
+        }
+    except SQLAlchemyError as exc:
+        session.rollback()
+        return {"error": f"{exc.__class__.__name__}: {exc}"}
 
 
 def _check_database(session: Session) -> str:

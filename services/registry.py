@@ -17,3 +17,15 @@ def get_spec(name: str) -> ServiceSpec:
         return SERVICES[name]
     except KeyError:
         raise ValueError(f"unknown model service {name!r}; expected one of {sorted(SERVICES)}") from None
+
+
+def check_models(models: list[str] | None) -> list[str] | None:
+    """The requested services in order without repeats; None (all of them) when none were named."""
+    if models is None:
+        return None
+    unknown = [m for m in models if m not in SERVICES]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; expected a subset of {sorted(SERVICES)}")
+    if not models:
+        raise ValueError("models must name at least one model (or be left out for all)")
+    return list(dict.fromkeys(models))

@@ -99,5 +99,9 @@ def clean_db(infra: Infra) -> Infra:
     from db.session import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE jobs, items, images, model_results, embeddings, image_records CASCADE"))
+        conn.execute(
+            text(
+                "TRUNCATE jobs, items, images, model_results, embeddings, image_records, served_versions CASCADE"
+            )
+        )
     return infra

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from common.schemas import ItemIn
-from gateway import jobs
-from worker import pipeline
+from db import jobs, pipeline
 
 
 def make_job(session: Session, n_items: int = 1, models: Sequence[str] = ("properties",)) -> list[uuid.UUID]:

@@ -235,9 +235,9 @@ def test_reconcile_republishes_work_whose_messages_were_lost(client: TestClient,
     from sqlalchemy import update
 
     from common.schemas import ItemIn
+    from db import jobs
     from db.models import Job
     from db.session import session_factory
-    from gateway import jobs
     from worker.tasks import republish_stale
 
     # given: one job never dispatched and one whose fetch messages vanished (committed, never published)

@@ -1,8 +1,7 @@
-"""The Celery application. Importable by the gateway (it only publishes) and by every worker process."""
+"""The Celery application and the task names. Importable by the gateway (it only publishes, through
+``worker.broker``) and by every worker process."""
 
 from __future__ import annotations
-
-import uuid
 
 from celery import Celery
 
@@ -44,8 +43,3 @@ def make_celery() -> Celery:
 
 
 app = make_celery()
-
-
-def dispatch_job(job_id: uuid.UUID) -> None:
-    """Publish a job to the orchestrator; call it only after the transaction that created the job commits."""
-    app.send_task(DISPATCH_JOB_TASK, args=[str(job_id)], queue=get_settings().queues.orchestrator)

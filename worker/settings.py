@@ -46,6 +46,11 @@ class WorkerSettings(BaseSettings):
         description="Garments a detecting service finds go, cropped, to its crops service (the classifier) "
         "when a version of it exists.",
     )
+    heartbeat_s: float = Field(
+        default=30.0,
+        description="A model worker reports the version it serves this often (seconds); after three missed "
+        "beats, analyses queued for that version move to the version that is served.",
+    )
     metrics_port: int = Field(
         default=9100,
         description="Port of this worker's Prometheus metrics (http://<host>:<port>/metrics); 0: none.",

@@ -1,30 +1,38 @@
 """The Celery tasks: dispatch → fetch → analyse (one queue per model service) → finalize.
 
 Tasks carry ids only. Each one claims its row, does its work outside any transaction, then writes
-the outcome in one transaction; all state lives in Postgres (``worker.pipeline``).
+the outcome in one transaction; all state lives in Postgres (``db.pipeline``); everything published
+goes through ``worker.broker``. Every failure takes one path: ``_retry_or_give_up``, whose budget is the
+row's delivery count (redeliveries after a lost worker count too), never Celery's own retry counter.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task, signals
+from celery import signals
 from celery_batches import Batches, SimpleRequest
 from PIL import Image
+from sqlalchemy.orm import Session
 
 from common.blobstore import blob_store, image_key, sha256_hex
 from common.errors import ItemError
 from common.fetch import fetch_url
 from common.images import decode_image, sniff_format
 from common.logs import log_context
+from common.schemas import ItemStatus
 from common.settings import get_settings
+from db import pipeline, versions
 from db.session import reset_engine, transaction
-from services.base import Availability, Model, Prediction
+from db.versions import Availability
+from services.base import Model, Prediction
 from services.registry import get_spec
-from worker import monitoring, pipeline
+from worker import broker, monitoring
 from worker.celery_app import ANALYSE_TASK, CROPS_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.settings import get_worker_settings
 
@@ -38,11 +46,16 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     reset_engine()
 
 
-def served_model() -> Model:
-    """The model this worker serves, loaded once (``atelier worker`` loads it before consuming)."""
+def _served_service() -> str:
     name = get_worker_settings().service
     if not name:
         raise RuntimeError("this worker serves no model service; set ATELIER_WORKER_SERVICE")
+    return name
+
+
+def served_model() -> Model:
+    """The model this worker serves, loaded once (``atelier worker`` loads it before consuming)."""
+    name = _served_service()
     if name not in _loaded:
         spec = get_spec(name)
         model = spec.build(get_settings().model_repository)
@@ -53,48 +66,79 @@ def served_model() -> Model:
     return _loaded[name]
 
 
-def _backoff(retries: int) -> float:
+def report_served(model: Model) -> threading.Thread:
+    """Tell the orchestrator which version this worker serves, now and then every heartbeat, so new
+    analyses go to it and queued ones for a version nobody serves any more are moved to it."""
+    with transaction() as session:
+        versions.report_served(session, model.name, model.version, started=True)
+    interval = get_worker_settings().heartbeat_s
+
+    def beat() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                with transaction() as session:
+                    versions.report_served(session, model.name, model.version, started=False)
+            except Exception:  # the database may be away for a while; the next beat tries again
+                log.warning("heartbeat of %s %s failed", model.name, model.version, exc_info=True)
+
+    thread = threading.Thread(target=beat, name="served-version-heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def _retry_or_give_up(
+    attempt: int,
+    what: str,
+    exc: Exception,
+    retry: Callable[[float], None],
+    give_up: Callable[[Exception], None],
+) -> None:
+    """The one retry shape: ``retry(countdown)`` with exponential backoff while ``attempt`` (the row's
+    delivery count, this one included) is within the budget, else ``give_up()`` records the failure."""
     settings = get_worker_settings()
-    return float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s))
+    retries = max(attempt - 1, 0)
+    if retries < settings.max_retries:
+        log.warning("%s failed (attempt %d), retrying: %r", what, attempt, exc)
+        retry(float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s)))
+        return
+    log.error("%s failed for good after %d attempts: %r", what, attempt, exc)
+    give_up(exc)
 
 
-def _may_retry(task: Task) -> bool:
-    return task.request.retries < get_worker_settings().max_retries
-
-
-@app.task(name=DISPATCH_JOB_TASK, bind=True)
-def dispatch_job_task(self: Task, job_id: str) -> int:
+@app.task(name=DISPATCH_JOB_TASK)
+def dispatch_job_task(job_id: str) -> int:
     """Expand a job into one fetch task per item, off the gateway's request path."""
     with transaction() as session:
         item_ids = pipeline.queued_item_ids(session, uuid.UUID(job_id))
-    with app.producer_or_acquire() as producer:
-        for item_id in item_ids:
-            fetch_task.apply_async((str(item_id),), producer=producer)
+    broker.fetch_items(item_ids)
     with transaction() as session:
         pipeline.mark_dispatched(session, uuid.UUID(job_id))
     log.info("dispatched %d items", len(item_ids))
     return len(item_ids)
 
 
-@app.task(name=FETCH_TASK, bind=True)
-def fetch_task(self: Task, item_id: str) -> None:
+@app.task(name=FETCH_TASK)
+def fetch_task(item_id: str) -> None:
     item = uuid.UUID(item_id)
     with transaction() as session:
         claim = pipeline.claim_fetch(session, item)
     if claim is None:
         return
-    if claim.status == pipeline.ItemStatus.analysing:
+    if claim.status == ItemStatus.analysing:
         # redelivered after the image was attached: publish again what this item claimed
         with transaction() as session:
-            _publish(pipeline.claimed_pending(session, item))
+            broker.analyse(pipeline.claimed_pending(session, item))
         return
     try:
         stored = _fetch_and_store(claim)
         availability = {name: _availability(name) for name in claim.models}
+        expected = {m: a.version for m, a in availability.items() if a.available and a.version is not None}
+        skipped = {m: a.reason for m, a in availability.items() if not a.available}
+        explain = [m for m in claim.models if claim.explain and get_spec(m).explains]
         with transaction() as session:
-            explain = [m for m in claim.models if claim.explain and get_spec(m).explains]
-            claims = pipeline.attach_image(session, item, stored, claim.models, availability, explain)
-        _publish(claims)
+            claims = pipeline.attach_image(session, item, stored, expected, skipped, explain)
+        broker.analyse(claims)
         log.info(
             "image %s stored (%dx%d %s), %d analyses",
             stored.sha256[:12],
@@ -103,24 +147,27 @@ def fetch_task(self: Task, item_id: str) -> None:
             stored.format,
             len(claims),
         )
-    except ItemError as err:
-        if err.transient and _may_retry(self):
-            raise self.retry(countdown=_backoff(self.request.retries), exc=err) from err
-        log.warning("item failed: %s: %s", err.code, err.detail)
-        with transaction() as session:
-            pipeline.fail_item(session, item, err.code, err.detail)
-    except Exception as exc:
-        _retry_or_fail_item(self, item, exc)
+    except Exception as exc:  # whatever went wrong, the item ends recorded (transient ones after retries)
+        if isinstance(exc, ItemError) and not exc.transient:
+            log.warning("item failed: %s: %s", exc.code, exc.detail)
+            _fail_item(item, exc)
+            return
+        _retry_or_give_up(
+            claim.attempts,
+            f"fetch of item {item}",
+            exc,
+            lambda countdown: broker.fetch_items([item], countdown=countdown),
+            lambda error: _fail_item(item, error),
+        )
 
 
-def _retry_or_fail_item(task: Task, item: uuid.UUID, exc: Exception) -> None:
-    """Unexpected errors retry with backoff; when retries run out the item still ends recorded."""
-    if _may_retry(task):
-        log.warning("fetch of item %s failed, retrying: %r", item, exc)
-        raise task.retry(countdown=_backoff(task.request.retries), exc=exc) from exc
-    log.exception("fetch of item %s failed for good", item)
+def _fail_item(item: uuid.UUID, error: Exception) -> None:
+    """End an item failed: a refused input with its own code, anything else as ``internal_error``."""
+    code, detail = (
+        (error.code, error.detail) if isinstance(error, ItemError) else ("internal_error", repr(error))
+    )
     with transaction() as session:
-        pipeline.fail_item(session, item, "internal_error", repr(exc))
+        pipeline.fail_item(session, item, code, detail)
 
 
 def _fetch_and_store(claim: pipeline.FetchClaim) -> pipeline.StoredImage:
@@ -142,15 +189,13 @@ def _fetch_and_store(claim: pipeline.FetchClaim) -> pipeline.StoredImage:
 
 
 def _availability(name: str) -> Availability:
-    return get_spec(name).availability(get_settings().model_repository)
-
-
-def _publish(claims: list[pipeline.AnalysisClaim]) -> None:
-    queues = get_settings().queues
-    for claim in claims:
-        analyse_task.apply_async(
-            (str(claim.result_id), claim.blob_key), queue=get_spec(claim.model_name).queue(queues)
-        )
+    """Built-in analysers always serve their code version; model services the version their workers
+    reported (``db.versions``): the orchestrator never reads the model repository."""
+    builtin = get_spec(name).builtin_version
+    if builtin is not None:
+        return Availability(True, builtin)
+    with transaction() as session:
+        return versions.availability(session, name)
 
 
 @app.task(
@@ -165,14 +210,38 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
     Messages are acknowledged after the batch returns (``acks_late``), so a worker killed mid-batch
     leaves them to be redelivered; each result is written in its own transaction (one lock order).
     """
+    model = served_model()
+    started: list[pipeline.AnalysisClaim] = []
     with transaction() as session:
-        started = [pipeline.claim_analysis(session, uuid.UUID(r.args[0]), r.args[1]) for r in requests]
-    claims = list({c.result_id: c for c in started if c is not None}.values())  # finished ones are skipped
+        for request in requests:
+            result_id, blob_key = uuid.UUID(request.args[0]), request.args[1]
+            claim = pipeline.claim_analysis(session, result_id, blob_key, version=model.version)
+            if claim is not None:
+                started.append(claim)
+            elif (other := pipeline.pending_analysis(session, result_id)) is not None:
+                _hand_over(session, other, model)  # asks for another version of this model
+    claims = list({c.result_id: c for c in started}.values())  # finished ones are skipped
     if not claims:
         return
-    for claim, outcome in zip(claims, _predict_isolating_failures(claims), strict=True):
+    for claim, outcome in zip(claims, _predict_isolating_failures(model, claims), strict=True):
         with log_context(result_id=claim.result_id, image_id=claim.image_id, service=claim.model_name):
             _write_analysis(claim, outcome, len(claims))
+
+
+def _hand_over(session: Session, claim: pipeline.AnalysisClaim, model: Model) -> None:
+    """An analysis for another version than this worker's: back to the queue while a worker of that
+    version is alive (a rollout in progress), else moved to this worker's version, so that work queued
+    before a rollout finishes after it instead of failing."""
+    settings = get_worker_settings()
+    if versions.is_live(session, claim.model_name, claim.model_version, settings.heartbeat_s * 3):
+        broker.analyse([claim], countdown=settings.retry_backoff_s)
+        return
+    moved = pipeline.retarget_analysis(session, claim, model.version)
+    log.info(
+        "analysis %s moved from %s %s to %s", claim.result_id, model.name, claim.model_version, model.version
+    )
+    if moved is not None:
+        broker.analyse([moved])
 
 
 def _write_analysis(
@@ -237,12 +306,11 @@ def _stage_for_crops(
             session, claim, output=output, batch_size=batch_size, inference_ms=inference_ms
         )
     if staged:
-        queue = get_spec(crops_to).queue(get_settings().queues)
-        crops_task.apply_async((str(claim.result_id), claim.blob_key), queue=queue)
+        broker.classify_crops(claim.result_id, claim.blob_key, crops_to)
 
 
-@app.task(name=CROPS_TASK, bind=True)
-def crops_task(self: Task, result_id: str, blob_key: str) -> None:
+@app.task(name=CROPS_TASK)
+def crops_task(result_id: str, blob_key: str) -> None:
     """Classify each garment of a staged result (its crop, by its box), then complete the result.
 
     Runs in the crops service's worker (the classifier): all of an image's crops in one batch.
@@ -260,13 +328,21 @@ def crops_task(self: Task, result_id: str, blob_key: str) -> None:
         with monitoring.predict_call(model.name, len(garments)):
             predictions = model.predict_crops(image, [garment["box"] for garment in garments])
         ms = (time.perf_counter() - started) * 1000.0
-    except Exception as exc:
-        if _may_retry(self):
-            log.warning("garment crops of %s failed, retrying: %r", result_id, exc)
-            raise self.retry(countdown=_backoff(self.request.retries), exc=exc) from exc
-        log.error("garment crops of %s failed for good: %r", result_id, exc)
-        with transaction() as session:
-            pipeline.complete_analysis(session, claim, output=None, error=f"garment crops: {exc!r}")
+    except Exception as exc:  # retried, then recorded as the result's failure
+
+        def give_up(error: Exception) -> None:
+            with transaction() as session:
+                pipeline.complete_analysis(session, claim, output=None, error=f"garment crops: {error!r}")
+
+        _retry_or_give_up(
+            claim.attempts,
+            f"garment crops of {result_id}",
+            exc,
+            lambda countdown: broker.classify_crops(
+                claim.result_id, claim.blob_key, _served_service(), countdown=countdown
+            ),
+            give_up,
+        )
         return
     output["garments"] = [
         {**garment, "classification": prediction.output}
@@ -300,19 +376,17 @@ def _store_files(claim: pipeline.AnalysisClaim, kind: str, files: dict[str, byte
 
 
 def _predict_isolating_failures(
-    claims: list[pipeline.AnalysisClaim],
+    model: Model, claims: list[pipeline.AnalysisClaim]
 ) -> list[tuple[Prediction, float] | Exception]:
     """One batched forward pass; when it fails, each image alone, so one bad input fails only itself.
 
     The milliseconds are each image's share of the forward pass that produced its prediction.
     """
-    model = served_model()
     settings = get_settings()
     store = blob_store(settings.blob_dir)
     images: list[Image.Image | Exception] = []
     for claim in claims:
         try:
-            _check_served(model, claim)
             images.append(decode_image(store.get(claim.blob_key), settings.fetch.max_pixels))
         except Exception as exc:
             images.append(exc)
@@ -338,39 +412,30 @@ def _predict_one(model: Model, image: Image.Image) -> tuple[Prediction, float] |
         return exc
 
 
-def _check_served(model: Model, claim: pipeline.AnalysisClaim) -> None:
-    if (model.name, model.version) != (claim.model_name, claim.model_version):
-        raise RuntimeError(
-            f"this worker serves {model.name} {model.version}, "
-            f"the task asks for {claim.model_name} {claim.model_version}"
-        )
-
-
 def _retry_or_fail_analysis(claim: pipeline.AnalysisClaim, exc: Exception) -> None:
     """A failed analysis goes back to its queue with backoff until its deliveries run out."""
-    retries = claim.attempts - 1
-    if retries < get_worker_settings().max_retries:
-        log.warning("analysis %s (%s) failed, retrying: %r", claim.result_id, claim.model_name, exc)
-        queue = get_spec(claim.model_name).queue(get_settings().queues)
-        analyse_task.apply_async(
-            (str(claim.result_id), claim.blob_key), queue=queue, countdown=_backoff(retries)
-        )
-        return
-    log.error("analysis %s (%s) failed for good: %r", claim.result_id, claim.model_name, exc)
-    with transaction() as session:
-        pipeline.complete_analysis(session, claim, output=None, error=repr(exc))
+
+    def give_up(error: Exception) -> None:
+        with transaction() as session:
+            pipeline.complete_analysis(session, claim, output=None, error=repr(error))
+
+    _retry_or_give_up(
+        claim.attempts,
+        f"analysis {claim.result_id} ({claim.model_name})",
+        exc,
+        lambda countdown: broker.analyse([claim], countdown=countdown),
+        give_up,
+    )
 
 
 def republish_stale(older_than_s: float) -> pipeline.StaleWork:
     """Publish again the work whose messages look lost (``atelier reconcile``)."""
     with transaction() as session:
         stale = pipeline.stale_work(session, older_than_s)
-    with app.producer_or_acquire() as producer:
-        for job_id in stale.jobs:
-            dispatch_job_task.apply_async((str(job_id),), producer=producer)
-        for item_id in stale.items:
-            fetch_task.apply_async((str(item_id),), producer=producer)
+    for job_id in stale.jobs:
+        broker.dispatch_job(job_id)
+    broker.fetch_items(stale.items)
     with transaction() as session:
         claims = [c for c in (pipeline.pending_analysis(session, r) for r in stale.results) if c is not None]
-    _publish(claims)
+    broker.analyse(claims)
     return stale

@@ -1,4 +1,6 @@
-"""Creating jobs and reading their state: functions over a session, shared by the HTTP API and the CLI."""
+"""Jobs, items and merged records as users see them: creating jobs, reading their state, listing images.
+
+Plain functions over a session; the caller commits (and only then publishes, ``worker.broker``)."""
 
 from __future__ import annotations
 
@@ -15,16 +17,16 @@ from common.blobstore import BlobStore
 from common.schemas import (
     ImagePage,
     ImageView,
-    ItemError_,
+    ItemFailure,
     ItemIn,
     ItemRef,
-    ItemState_,
+    ItemStatus,
+    ItemSummary,
     JobCreated,
     JobView,
     ModelState,
 )
-from db.models import Image, ImageRecord, Item, ItemStatus, Job, ModelResult, uuid7
-from services.registry import DEFAULT_MODELS, SERVICES
+from db.models import Image, ImageRecord, Item, Job, ModelResult, uuid7
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,12 @@ def create_job(
     *,
     items: Sequence[ItemIn] = (),
     uploads: Sequence[Upload] = (),
-    models: Sequence[str] | None = None,
+    models: Sequence[str],
     store: BlobStore | None = None,
     explain: bool = False,
 ) -> JobCreated:
     """Insert the job and its items (the caller commits, then publishes ``dispatch_job_task``)."""
-    chosen = list(models or DEFAULT_MODELS)
+    chosen = list(models)
     job_id = uuid7()
     rows: list[dict[str, Any]] = [
         {
@@ -102,11 +104,11 @@ def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 10_000) -> 
     job = session.get(Job, job_id)
     if job is None:
         return None
-    counts = {state.value: 0 for state in ItemStatus}
+    counts = dict.fromkeys(ItemStatus, 0)
     for status, count in session.execute(
         select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
     ):
-        counts[status.value] = count
+        counts[status] = count
     states = session.execute(
         select(Item.id, Item.position, Item.status, Item.error_code)
         .where(Item.job_id == job_id)
@@ -117,17 +119,18 @@ def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 10_000) -> 
         id=job.id,
         models=job.models,
         item_count=job.item_count,
-        counts=counts,  # type: ignore[arg-type]
+        counts=counts,
         created_at=job.created_at,
         dispatched_at=job.dispatched_at,
         finished_at=job.finished_at,
-        items=[ItemState_(id=i, position=p, status=s.value, error_code=e) for i, p, s, e in states],
+        items=[ItemSummary(id=i, position=p, status=s, error_code=e) for i, p, s, e in states],
     )
 
 
-def image_view(session: Session, item_id: uuid.UUID) -> ImageView | None:
+def image_view(session: Session, item_id: uuid.UUID, order: Sequence[str] = ()) -> ImageView | None:
+    """One item's view; ``order`` lists model names in the order their states are shown."""
     item = session.get(Item, item_id)
-    return None if item is None else _views(session, [item])[0]
+    return None if item is None else _views(session, [item], order)[0]
 
 
 def image_page(
@@ -139,6 +142,7 @@ def image_page(
     status: str | None = None,
     job_id: uuid.UUID | None = None,
     sha256: str | None = None,
+    order: Sequence[str] = (),
 ) -> ImagePage:
     """Keyset pagination on the time-ordered item id: stable under inserts, no OFFSET scans."""
     query = select(Item).order_by(Item.id).limit(limit + 1)
@@ -155,7 +159,9 @@ def image_page(
     items = list(session.scalars(query))
     more = len(items) > limit
     items = items[:limit]
-    return ImagePage(items=_views(session, items), next_cursor=encode_cursor(items[-1].id) if more else None)
+    return ImagePage(
+        items=_views(session, items, order), next_cursor=encode_cursor(items[-1].id) if more else None
+    )
 
 
 def encode_cursor(item_id: uuid.UUID) -> str:
@@ -169,11 +175,11 @@ def decode_cursor(cursor: str) -> uuid.UUID:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
 
 
-def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
+def _views(session: Session, items: Sequence[Item], order: Sequence[str]) -> list[ImageView]:
     """Views of many items in four queries, whatever their number."""
     image_ids = {i.image_id for i in items if i.image_id is not None}
     if not image_ids:
-        return [_view(item, {}, {}, {}) for item in items]
+        return [_view(item, {}, {}, {}, order) for item in items]
     shas = dict(session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).all())
     records: dict[uuid.UUID, dict[str, Any]] = dict(
         session.execute(
@@ -184,7 +190,7 @@ def _views(session: Session, items: Sequence[Item]) -> list[ImageView]:
         (r.image_id, r.model_name, r.model_version): r
         for r in session.scalars(select(ModelResult).where(ModelResult.image_id.in_(image_ids)))
     }
-    return [_view(item, shas, records, results) for item in items]
+    return [_view(item, shas, records, results, order) for item in items]
 
 
 def _view(
@@ -192,6 +198,7 @@ def _view(
     shas: dict[uuid.UUID, str],
     records: dict[uuid.UUID, dict[str, Any]],
     results: dict[tuple[uuid.UUID, str, str], ModelResult],
+    order: Sequence[str],
 ) -> ImageView:
     models: dict[str, ModelState] = {
         name: ModelState(status="skipped", reason=info.get("reason")) for name, info in item.skipped.items()
@@ -204,9 +211,8 @@ def _view(
             reason=r.error if r else None,
             inference_ms=r.inference_ms if r else None,
         )
-    models = dict(
-        sorted(models.items(), key=lambda kv: list(SERVICES).index(kv[0]) if kv[0] in SERVICES else 99)
-    )
+    rank = {name: i for i, name in enumerate(order)}
+    models = dict(sorted(models.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     return ImageView(
         id=item.id,
         job_id=item.job_id,
@@ -215,8 +221,8 @@ def _view(
         filename=item.filename,
         external_id=item.external_id,
         metadata=item.metadata_,
-        status=item.status.value,
-        error=ItemError_(code=item.error_code, detail=item.error_detail) if item.error_code else None,
+        status=item.status,
+        error=ItemFailure(code=item.error_code, detail=item.error_detail) if item.error_code else None,
         sha256=shas.get(item.image_id) if item.image_id else None,
         models=models,
         record=records.get(item.image_id) if item.image_id else None,

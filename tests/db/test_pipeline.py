@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from db.models import Image, ImageRecord, Item, ItemStatus, Job, ModelResult
+from common.schemas import ItemStatus
+from db import pipeline
+from db.models import Image, ImageRecord, Item, Job, ModelResult
 from db.session import transaction
-from services.base import Availability
+from db.versions import Availability
 from tests.conftest import Infra
 from tests.factories import make_job, stored_image
-from worker import pipeline
 
 BOTH = {"m1": Availability(True, "1"), "m2": Availability(True, "7")}
 
@@ -23,7 +26,19 @@ def _attach(
     image = stored_image(seed)
     with transaction() as session:
         assert pipeline.claim_fetch(session, item_id) is not None
-        return pipeline.attach_image(session, item_id, image, list(availability), availability)
+        return _attach_with(session, item_id, image, availability)
+
+
+def _attach_with(
+    session: Session,
+    item_id: uuid.UUID,
+    image: pipeline.StoredImage,
+    availability: Mapping[str, Availability],
+    explain: list[str] | None = None,
+) -> list[pipeline.AnalysisClaim]:
+    expected = {m: a.version for m, a in availability.items() if a.available and a.version}
+    skipped = {m: a.reason for m, a in availability.items() if not a.available}
+    return pipeline.attach_image(session, item_id, image, expected, skipped, explain or [])
 
 
 def _complete(claim: pipeline.AnalysisClaim, error: str | None = None) -> bool:
@@ -160,7 +175,7 @@ def test_asking_for_explanations_reruns_an_analysis_once(clean_db: Infra) -> Non
     image = stored_image("explained")
     with transaction() as session:
         assert pipeline.claim_fetch(session, second) is not None
-        [rerun] = pipeline.attach_image(session, second, image, ["m1"], only, explain=["m1"])
+        [rerun] = _attach_with(session, second, image, only, explain=["m1"])
     assert rerun.result_id == claim.result_id and rerun.explain
     with transaction() as session:
         started = pipeline.claim_analysis(session, rerun.result_id, rerun.blob_key)
@@ -170,5 +185,5 @@ def test_asking_for_explanations_reruns_an_analysis_once(clean_db: Infra) -> Non
     # once explained, it is not run again
     with transaction() as session:
         assert pipeline.claim_fetch(session, third) is not None
-        assert pipeline.attach_image(session, third, image, ["m1"], only, explain=["m1"]) == []
+        assert _attach_with(session, third, image, only, explain=["m1"]) == []
     assert {i.status for i in _items([first, second, third])} == {ItemStatus.done}
