@@ -68,7 +68,7 @@ def worker(
         os.environ.setdefault(variable, "1")
     from common.errors import ArtifactError
     from worker import monitoring
-    from worker.tasks import app as celery_app
+    from worker.celery_app import app as celery_app
     from worker.tasks import report_served, served_model
 
     if service is not None:

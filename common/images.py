@@ -92,7 +92,8 @@ def _is_truncated(fmt: str, data: bytes, exc: Exception) -> bool:
     if "truncated" in str(exc).lower():
         return True
     if fmt == "WEBP" and len(data) >= 8:
-        return len(data) < struct.unpack_from("<I", data, 4)[0] + 8
+        declared: int = struct.unpack_from("<I", data, 4)[0]
+        return len(data) < declared + 8
     return False
 
 

@@ -91,7 +91,7 @@ def queue_keys(queue: str) -> list[str]:
     return [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in _PRIORITY_STEPS]
 
 
-class QueueDepthCollector(Collector):  # type: ignore[misc]
+class QueueDepthCollector(Collector):
     """``atelier_queue_depth{queue}``: messages waiting in each queue, read from the broker at scrape time
     (not counting those a worker holds unacknowledged). A broker that does not answer reports nothing."""
 

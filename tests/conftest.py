@@ -99,9 +99,6 @@ def clean_db(infra: Infra) -> Infra:
     from db.session import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE jobs, items, images, model_results, embeddings, image_records, served_versions CASCADE"
-            )
-        )
+        tables = "jobs, items, images, model_results, embeddings, image_records, served_versions"
+        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
     return infra

@@ -52,7 +52,8 @@ def client(stack: Infra, clean_db: Infra) -> Iterator[TestClient]:
 def _view(client: TestClient, item_id: str) -> dict[str, Any]:
     response = client.get(f"/v1/images/{item_id}")
     assert response.status_code == 200, response.text
-    return response.json()
+    view: dict[str, Any] = response.json()
+    return view
 
 
 def test_urls_and_uploads_are_analysed_once_per_distinct_image(client: TestClient, stack: Infra) -> None:

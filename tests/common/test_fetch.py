@@ -648,7 +648,7 @@ def test_https_sends_the_hostname_as_sni_and_verifies_the_certificate(tmp_path: 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server_names: list[str | None] = []
-    context.sni_callback = lambda sock, name, ctx: server_names.append(name)  # type: ignore[assignment]
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 

@@ -28,7 +28,7 @@ def captured() -> Iterator[tuple[logging.Logger, io.StringIO, logging.Handler]]:
 
 def test_json_lines_carry_the_ids_bound_around_them(
     captured: tuple[logging.Logger, io.StringIO, logging.Handler],
-):
+) -> None:
     logger, sink, handler = captured
     handler.setFormatter(json_formatter())
     with log_context(job_id="job-1"):
@@ -44,7 +44,7 @@ def test_json_lines_carry_the_ids_bound_around_them(
     assert "job_id" not in outside and outside["logger"] == "atelier.test.logs"
 
 
-def test_text_lines_end_with_the_ids(captured: tuple[logging.Logger, io.StringIO, logging.Handler]):
+def test_text_lines_end_with_the_ids(captured: tuple[logging.Logger, io.StringIO, logging.Handler]) -> None:
     from common.logs import TEXT_FORMAT
 
     logger, sink, handler = captured
