@@ -42,7 +42,7 @@ from services.detector.categories import CATEGORIES
 from services.detector.config import PRESETS, DetectorSettings
 from services.detector.model import CONFIG, MANIFEST, WEIGHTS, DetectorModel
 from services.detector.train import make_cfg
-from tests.support.imageserver import serve
+from synthetic.imageserver import serve
 from worker.settings import get_worker_settings
 
 DEFAULT_JSON = Path(__file__).with_name("results") / "detector.json"

@@ -23,7 +23,7 @@ from common.images import decode_image
 from common.settings import get_settings
 from db.session import session_factory
 from services.properties.model import PropertiesModel
-from tests.support.imageserver import ImageServer
+from synthetic.imageserver import ImageServer
 
 MODELS = ["properties"]
 # fetch + dispatch on the orchestrator, then the properties analysis

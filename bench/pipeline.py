@@ -24,7 +24,7 @@ from bench import ingest, orchestration
 from bench.cpu import CpuMeter
 from bench.servers import bench_home, configure, embedded_servers
 from bench.synthetic import garment_jpegs
-from tests.support.imageserver import serve
+from synthetic.imageserver import serve
 
 DEFAULT_JSON = Path(__file__).with_name("results") / "pipeline.json"
 WARMUP_IMAGES = 10

@@ -28,7 +28,7 @@ from bench.servers import bench_home, configure, embedded_servers
 from bench.synthetic import garment_jpegs
 from common.metrics import queue_keys
 from common.settings import get_settings
-from tests.support.imageserver import serve
+from synthetic.imageserver import serve
 
 DEFAULT_JSON = Path(__file__).with_name("results") / "scaling.json"
 QUEUE_WAIT_S = 300.0

@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from tests.support.imageserver import jpeg_bytes
+from synthetic.imageserver import jpeg_bytes
 
 Mask = NDArray[np.bool_]
 

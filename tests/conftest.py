@@ -8,23 +8,14 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from tests.support.imageserver import ImageServer, serve, silent_server
-
-
-@dataclass(frozen=True)
-class Infra:
-    database_url: str
-    redis_url: str
-    home: Path
-    images: ImageServer
-    silent_port: int
+from synthetic.imageserver import ImageServer, serve, silent_server
+from tests.support.infra import Infra
 
 
 @pytest.fixture(scope="session")

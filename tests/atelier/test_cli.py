@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.imageserver import ImageServer, garment_photo, jpeg_bytes, png_bytes
+from synthetic.imageserver import ImageServer, garment_photo, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ pytest.importorskip("tensorflow", reason="the classifier tests run in .venv-clas
 
 from services.classifier.config import TrainConfig  # noqa: E402
 from tests.classifier.garments import HEADS, write_dataset  # noqa: E402
-from tests.conftest import Infra  # noqa: E402
+from tests.support.infra import Infra  # noqa: E402
 
 NOTOP = "vgg19-imagenet-notop"
 

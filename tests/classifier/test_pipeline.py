@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from tests.classifier.conftest import Trained
-from tests.conftest import Infra
-from tests.e2e_support import wait_for_job
+from tests.support.infra import Infra
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from common.logs import ContextFilter, json_formatter, log_context
-from tests.conftest import Infra
+from tests.support.infra import Infra
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from db.migrate import downgrade, upgrade
 from db.models import Base
-from tests.conftest import Infra
+from tests.support.infra import Infra
 
 
 def _scratch_database(infra: Infra) -> str:

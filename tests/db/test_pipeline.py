@@ -14,8 +14,8 @@ from db import pipeline
 from db.models import Image, ImageRecord, Item, Job, ModelResult
 from db.session import transaction
 from db.versions import Availability
-from tests.conftest import Infra
 from tests.factories import make_job, stored_image
+from tests.support.infra import Infra
 
 BOTH = {"m1": Availability(True, "1"), "m2": Availability(True, "7")}
 

@@ -10,8 +10,8 @@ from common.schemas import ItemStatus
 from db import pipeline, versions
 from db.models import Item, ModelResult, ServedVersion
 from db.session import transaction
-from tests.conftest import Infra
 from tests.factories import make_job, stored_image
+from tests.support.infra import Infra
 
 
 def _report(model: str, version: str, *, started: bool = True) -> None:

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("detectron2", reason="the detector tests run in .venv-torch (scripts/test.sh)")
 
 from services.detector.config import PRESETS  # noqa: E402
-from tests.conftest import Infra  # noqa: E402
 from tests.detector.scenes import write_coco  # noqa: E402
+from tests.support.infra import Infra  # noqa: E402
 from tests.support.training import allow_training_time, shortened  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

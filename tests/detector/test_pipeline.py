@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Infra
 from tests.detector.conftest import TrainedDetector, classifier_python, run_classifier
-from tests.e2e_support import wait_for_job
+from tests.support.infra import Infra
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.e2e
 

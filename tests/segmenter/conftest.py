@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("detectron2", reason="the segmenter tests run in .venv-torch (scripts/test.sh)")
 
 from services.segmenter.config import PRESETS  # noqa: E402
-from tests.conftest import Infra  # noqa: E402
 from tests.segmenter.scenes import write_coco  # noqa: E402
+from tests.support.infra import Infra  # noqa: E402
 from tests.support.training import allow_training_time, shortened  # noqa: E402
 
 SIZE = 192

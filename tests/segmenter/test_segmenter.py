@@ -20,9 +20,9 @@ from pycocotools import mask as mask_util
 from common.errors import ArtifactError
 from services.segmenter.config import SegmenterSettings
 from services.segmenter.model import REGIONS, SegmenterModel
-from tests.conftest import Infra
-from tests.e2e_support import wait_for_job
 from tests.segmenter.conftest import SIZE, TrainedSegmenter
+from tests.support.infra import Infra
+from tests.support.jobs import wait_for_job
 
 # on 40 held-out generated scenes after 300 iterations from scratch (measured: mask AP50 98.3, micro F1
 # 82.3; lengths F1 98.8 / 98.8, AP 100; patterns plain / stripe / dot F1 80 / 75 / 37, AP 82 / 98 / 35;

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from tests.conftest import Infra
-from tests.e2e_support import wait_for_job
+from tests.support.infra import Infra
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.e2e
 

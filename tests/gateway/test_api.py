@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.conftest import Infra
-from tests.e2e_support import wait_for_job
-from tests.support.imageserver import garment_photo, jpeg_bytes, png_bytes
+from synthetic.imageserver import garment_photo, jpeg_bytes, png_bytes
+from tests.support.infra import Infra
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.e2e
 
