@@ -532,3 +532,33 @@ def _skipped_notes(views: list[ImageView]) -> list[str]:
             if state.status == "skipped":
                 reasons[name] = state.reason or "unavailable"
     return [f"skipped {name}: {reason}" for name, reason in sorted(reasons.items())]
+
+
+# --- atelier config: the deploy files' settings, rendered from the settings classes -------------------
+
+config_app = typer.Typer(
+    no_args_is_help=True,
+    help="The settings in .env.example, docker-compose.yml and the ConfigMap, from the settings classes.",
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("render")
+def config_render() -> None:
+    """Write the generated settings of .env.example, docker-compose.yml and deploy/k8s/base/settings.env."""
+    from atelier import settings_render
+
+    for path in settings_render.write():
+        typer.echo(f"rendered {path}")
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Exit 1, with the diff, when a generated file differs from what the settings classes give."""
+    from atelier import settings_render
+
+    diffs = settings_render.drift()
+    if diffs:
+        typer.echo("".join(diffs.values()), nl=False)
+        err.print(f"[red]out of date: {', '.join(map(str, diffs))}[/red]; run `atelier config render`")
+        raise typer.Exit(1)
