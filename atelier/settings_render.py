@@ -61,7 +61,7 @@ class Setting:
     default: Any  # the code's default; None: unset
     description: str
     owner: type[BaseSettings]
-    group: str | None = None  # a nested group's variable and description, e.g. ATELIER_FETCH
+    group: str | None = None  # the nested group's variable, e.g. ATELIER_FETCH
     group_description: str = ""
 
 
@@ -108,8 +108,8 @@ COMPOSE: dict[str, Deployed] = {
 NOT_IN_CONFIGMAP: dict[str, str] = {
     "ATELIER_DATABASE_URL": "credentials, in the Secret (secret.yaml)",
     "ATELIER_REDIS_URL": "credentials, in the Secret (secret.yaml)",
-    "ATELIER_WORKER_MAX_BATCH": "per Deployment: it differs between services and between the cpu and gpu "
-    "overlays",
+    "ATELIER_WORKER_MAX_BATCH": "set per Deployment, as it differs between services and between the cpu "
+    "and gpu overlays",
     "ATELIER_FETCH__ALLOW_HOSTS": "exemptions from the fetcher's address checks are for tests only",
 }
 # the model services' own settings differ per Deployment too (threads, device): set in their env
@@ -203,7 +203,7 @@ def _sections(chosen: list[Setting]) -> Iterator[tuple[type[BaseSettings], list[
 
 def _banner(title: str) -> list[str]:
     rule = "# " + "-" * (WIDTH - 5)
-    return ["", rule, f"# {title}", rule, ""]
+    return ["", rule, *_comment(title), rule, ""]
 
 
 # --- .env.example -----------------------------------------------------------------------------------
@@ -292,8 +292,13 @@ def render_compose_env(compose_only: Mapping[str, str]) -> list[str]:
 
 
 def render_configmap_env() -> list[str]:
+    owners = {s.name: s.owner for s in settings()}
     left_out = [f"{name}: {why};" for name, why in NOT_IN_CONFIGMAP.items()]
-    left_out += [f"{name}: {why[0].lower()}{why[1:].rstrip('.')};" for name, why in SET_ELSEWHERE.items()]
+    left_out += [
+        f"{name}: {why[0].lower()}{why[1:].rstrip('.')};"
+        for name, why in SET_ELSEWHERE.items()
+        if owners[name] not in PER_DEPLOYMENT
+    ]
     left_out += [
         ", ".join(_title(cls).split(":")[0] for cls in PER_DEPLOYMENT) + ": the model services' own "
         "settings, in each Deployment's env where they differ from the code's defaults;",
@@ -314,7 +319,7 @@ def render_configmap_env() -> list[str]:
     chosen = [
         s
         for s in settings()
-        if s.name not in excluded and s.owner not in PER_DEPLOYMENT and (s.default is not None)
+        if s.name not in excluded and s.owner not in PER_DEPLOYMENT and s.default is not None
     ]
     for cls, members in _sections(chosen):
         lines += _banner(_title(cls))[:-1]
@@ -373,24 +378,3 @@ def write(root: Path = REPO_ROOT) -> list[Path]:
         if path in changed:
             (root / path).write_text(text)
     return changed
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m atelier.settings_render [--check]``, for where the ``atelier`` CLI is not installed."""
-    args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["--check"]):
-        sys.stderr.write("usage: python -m atelier.settings_render [--check]\n")
-        return 2
-    if args:
-        diffs = drift()
-        sys.stdout.write("".join(diffs.values()))
-        if diffs:
-            sys.stderr.write(f"out of date: {', '.join(map(str, diffs))}; run `atelier config render`\n")
-        return 1 if diffs else 0
-    for path in write():
-        sys.stdout.write(f"rendered {path}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

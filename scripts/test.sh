@@ -16,6 +16,7 @@ VENV=.venv-torch bash deploy/detectron2/install.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy .
 .venv/bin/lint-imports
+.venv/bin/atelier config check  # .env.example, compose and the ConfigMap have the settings classes' defaults
 .venv/bin/python -m pytest -q --ignore=tests/classifier --ignore=tests/detector --ignore=tests/segmenter "$@"
 .venv-classifier/bin/python -m pytest -q tests/classifier -W ignore::DeprecationWarning "$@"
 .venv-torch/bin/python -m pytest -q tests/detector tests/segmenter "$@"

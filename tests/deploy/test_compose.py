@@ -1,6 +1,7 @@
-"""The compose files agree with the project and with each other: docker-compose.yml and .env.example
-against the CLI, the settings classes, the Compose Specification and the Dockerfiles of deploy/docker
-(tests/deploy/test_dockerfiles.py checks those).
+"""The compose files agree with the project: docker-compose.yml and .env.example against the CLI, the
+settings classes, the Compose Specification and the Dockerfiles of deploy/docker. Their settings are
+generated from the settings classes (test_settings_render.py checks that they are up to date); the
+hand-written rest is checked here.
 
 Static and offline: nothing is built or started, so no container engine is needed. The compose checks
 need PyYAML, and the schema check jsonschema and check-jsonschema's vendored copy of the Compose
@@ -10,123 +11,46 @@ Specification (the deploycheck extra); each skips without them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
-from pydantic_settings import BaseSettings
+from pydantic import ValidationError
 
-from common.settings import CoreSettings
-from gateway.settings import GatewaySettings
-from services.classifier.config import ClassifierSettings
-from services.detector.config import DetectorSettings
+from atelier.settings_render import SET_ELSEWHERE, SETTINGS_CLASSES
 from services.registry import SERVICES
-from services.segmenter.config import SegmenterSettings
-from tests.deploy.test_dockerfiles import (
+from tests.deploy.images import (
     IMAGES,
     PING,
+    REPO_ROOT,
     ROLES,
     dockerfile,
     gateway_routes,
     healthcheck_command,
     run_atelier_help,
 )
+from tests.deploy.settings_env import settings_env_names, settings_values
 from worker.settings import WorkerSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
-    CoreSettings,
-    WorkerSettings,
-    GatewaySettings,
-    ClassifierSettings,
-    DetectorSettings,
-    SegmenterSettings,
-)
-# the modules that define them: importable without the model frameworks
+# the modules that define the settings classes: importable without the model frameworks
 SETTINGS_MODULES = ("services.classifier.config", "services.detector.config", "services.segmenter.config")
 FRAMEWORKS = ("tensorflow", "keras", "torch", "torchvision", "detectron2")
-# variables of .env.example that only docker-compose.yml reads (or compose itself: COMPOSE_PROFILES);
-# no container sees them
-COMPOSE_ONLY = {
-    "COMPOSE_PROFILES",
-    "IMAGE_REGISTRY",
-    "IMAGE_TAG",
-    "POSTGRES_PASSWORD",
-    "GATEWAY_PUBLISH",
-    "FLOWER_PUBLISH",
-    "TORCH_CPU_MAX_BATCH",
-}
 # read by compose itself, never interpolated in docker-compose.yml
 COMPOSE_OWN = {"COMPOSE_PROFILES"}
-# settings whose value in the containers differs from the code's default on purpose
-DEPLOYMENT_VALUES = {"ATELIER_ENVIRONMENT", "ATELIER_DATABASE_URL", "ATELIER_REDIS_URL", "ATELIER_LOG_FORMAT"}
-# settings compose never gives the containers: the images set the first two, `atelier worker --service`
-# the third, the gateway's command line the next two; the last is the embedded stack's
-NOT_FROM_COMPOSE = {
-    "ATELIER_BLOB_DIR",
-    "ATELIER_MODEL_REPOSITORY",
-    "ATELIER_WORKER_SERVICE",
-    "ATELIER_GATEWAY_HOST",
-    "ATELIER_GATEWAY_PORT",
-    "ATELIER_CLASSIFIER_PYTHON",
-}
+# settings compose never gives the containers (the images, `atelier worker --service`, the gateway's
+# command line or the embedded stack set them)
+NOT_FROM_COMPOSE = set(SET_ELSEWHERE)
 ONE_SHOT = {"migrate"}
 POOLS = {"solo", "threads", "prefork"}
 GPU_DEVICE = {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
-
-
-# --- the settings' environment variables --------------------------------------------------------
-
-
-def settings_env_names() -> tuple[set[str], set[str]]:
-    """(leaves, groups): every variable the settings classes read, e.g. ATELIER_FETCH__MAX_BYTES, and
-    the nested groups that can also be given whole as JSON, e.g. ATELIER_FETCH."""
-    leaves: set[str] = set()
-    groups: set[str] = set()
-    for cls in SETTINGS_CLASSES:
-        prefix = cls.model_config.get("env_prefix", "")
-        delimiter = cls.model_config.get("env_nested_delimiter")
-        for name, field in cls.model_fields.items():
-            group = field.annotation
-            if delimiter and isinstance(group, type) and issubclass(group, BaseModel):
-                groups.add(f"{prefix}{name}".upper())
-                leaves |= {f"{prefix}{name}{delimiter}{sub}".upper() for sub in group.model_fields}
-            else:
-                leaves.add(f"{prefix}{name}".upper())
-    return leaves, groups
-
-
-def settings_values(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> dict[str, Any]:
-    """Every setting, keyed by its variable, as the settings classes read it from exactly ``env``."""
-    for key in list(os.environ):
-        if key.startswith("ATELIER_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    values: dict[str, Any] = {}
-    for cls in SETTINGS_CLASSES:
-        instance = cls()
-        prefix = cls.model_config.get("env_prefix", "")
-        delimiter = cls.model_config.get("env_nested_delimiter")
-        for name in cls.model_fields:
-            value = getattr(instance, name)
-            if delimiter and isinstance(value, BaseModel):
-                for sub in type(value).model_fields:
-                    values[f"{prefix}{name}{delimiter}{sub}".upper()] = getattr(value, sub)
-            else:
-                values[f"{prefix}{name}".upper()] = value
-    return values
 
 
 # --- compose's variable interpolation and .env.example -------------------------------------------
@@ -184,7 +108,6 @@ def _substitute(expression: str, env: Mapping[str, str]) -> str:
 @dataclass(frozen=True)
 class EnvExample:
     values: dict[str, str]  # the KEY=value lines, as written
-    documented: set[str]  # the "# KEY=value" lines: settings described but not set from .env
 
     def resolved(self, **overrides: str) -> dict[str, str]:
         """The values as compose reads the file: quotes removed, ``${VAR}`` of earlier lines expanded."""
@@ -202,13 +125,8 @@ _ASSIGNMENT = re.compile(r"([A-Z][A-Z0-9_]*)=(.*)")
 
 def read_env_example() -> EnvExample:
     values: dict[str, str] = {}
-    documented: set[str] = set()
     for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        if line.startswith("#"):
-            if commented := _ASSIGNMENT.fullmatch(line[1:].strip()):
-                documented.add(commented[1])
+        if not line.strip() or line.startswith("#"):
             continue
         assignment = _ASSIGNMENT.fullmatch(line)
         if assignment is None:
@@ -216,7 +134,7 @@ def read_env_example() -> EnvExample:
         if assignment[1] in values:
             raise ValueError(f".env.example line {number}: {assignment[1]} is set twice")
         values[assignment[1]] = assignment[2]
-    return EnvExample(values, documented)
+    return EnvExample(values)
 
 
 # --- .env.example -------------------------------------------------------------------------------
@@ -238,15 +156,6 @@ def test_settings_modules_import_no_framework() -> None:
     assert {cls.__module__ for cls in SETTINGS_CLASSES} >= set(SETTINGS_MODULES)
 
 
-def test_env_example_names_every_setting_and_only_settings() -> None:
-    example = read_env_example()
-    leaves, groups = settings_env_names()
-    named = set(example.values) | example.documented
-    assert leaves <= named, f"settings missing from .env.example: {sorted(leaves - named)}"
-    unknown = {k for k in named - COMPOSE_ONLY if k not in leaves | groups}
-    assert unknown == set(), f".env.example names no setting: {sorted(unknown)}"
-
-
 def test_env_example_is_refused_until_the_password_is_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     example = read_env_example()
     assert example.resolved()["ATELIER_ENVIRONMENT"] == "production"
@@ -256,17 +165,6 @@ def test_env_example_is_refused_until_the_password_is_changed(monkeypatch: pytes
 
     values = settings_values(monkeypatch, example.resolved(POSTGRES_PASSWORD="0d9f3c1e7b"))
     assert values["ATELIER_DATABASE_URL"] == "postgresql+psycopg://atelier:0d9f3c1e7b@postgres:5432/atelier"
-
-
-def test_env_example_values_are_the_code_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    # given .env.example with a real password, and no environment at all
-    example = read_env_example()
-    configured = settings_values(monkeypatch, example.resolved(POSTGRES_PASSWORD="0d9f3c1e7b"))
-    defaults = settings_values(monkeypatch, {})
-    # then each setting it gives has the value the code would have used anyway
-    keys = set(example.values) - COMPOSE_ONLY - DEPLOYMENT_VALUES
-    differ = {k: (configured[k], defaults[k]) for k in sorted(keys) if configured[k] != defaults[k]}
-    assert differ == {}, f"(.env.example, code default): {differ}"
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------
@@ -571,20 +469,6 @@ def test_compose_environment_names_are_settings(ours: dict[str, dict[str, Any]])
         assert not NOT_FROM_COMPOSE & set(environment), (
             f"{name}: {sorted(NOT_FROM_COMPOSE & set(environment))}"
         )
-
-
-def test_every_setting_reaches_the_containers(ours: dict[str, dict[str, Any]]) -> None:
-    # given the settings, and what .env.example documents without setting it
-    leaves, _ = settings_env_names()
-    example = read_env_example()
-    for name, service in ours.items():
-        environment = service.get("environment", {})
-        passed_through = {key for key, value in environment.items() if value is None}
-        # then each setting is given to every container, from .env or passed through, or deliberately not
-        missing = leaves - set(environment) - NOT_FROM_COMPOSE
-        assert missing == set(), f"{name} never gets {sorted(missing)}"
-        # and what is passed through is documented (commented out) in .env.example, not set there
-        assert passed_through <= example.documented - set(example.values), f"{name}: {passed_through}"
 
 
 def test_compose_defaults_are_those_of_env_example(compose: dict[str, Any]) -> None:

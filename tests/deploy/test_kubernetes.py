@@ -25,11 +25,12 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import ValidationError
 
+from atelier.settings_render import SETTINGS_CLASSES
 from atelier.stack import DEFAULT_WORKERS, WorkerPlan, worker_command
 from common.settings import PLACEHOLDER_SECRETS, CoreSettings
 from services.registry import SERVICES, get_spec
-from tests.deploy.test_compose import SETTINGS_CLASSES
-from tests.deploy.test_compose import settings_env_names as compose_settings_env_names
+from tests.deploy.settings_env import settings_env_names as leaves_and_groups
+from tests.deploy.settings_env import use_env
 from worker.settings import WorkerSettings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the manifests: the deploycheck extra")
@@ -249,17 +250,8 @@ def memory_bytes(quantity: str | int) -> float:
 
 def settings_env_names() -> set[str]:
     """Every variable the settings classes read, nested ones as GROUP__FIELD and whole groups too."""
-    leaves, groups = compose_settings_env_names()
+    leaves, groups = leaves_and_groups()
     return leaves | groups
-
-
-def use_env(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> None:
-    """Make ``env`` the only ATELIER_* variables of this process, for the settings classes to read."""
-    for key in list(os.environ):
-        if key.startswith("ATELIER_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
 
 
 def with_real_password(env: Mapping[str, str]) -> dict[str, str]:
