@@ -69,7 +69,8 @@ def worker(
     from common.errors import ArtifactError
     from worker import monitoring
     from worker.celery_app import app as celery_app
-    from worker.tasks import report_served, served_model
+    from worker import tasks  # noqa: F401  (registers the tasks with the app)
+    from worker.serving import report_served, served_model
 
     if service is not None:
         # load before consuming: a missing artifact or framework stops the worker here, loudly

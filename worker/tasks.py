@@ -2,17 +2,15 @@
 
 Tasks carry ids only. Each one claims its row, does its work outside any transaction, then writes
 the outcome in one transaction; all state lives in Postgres (``db.pipeline``); everything published
-goes through ``worker.broker``. Every failure takes one path: ``_retry_or_give_up``, whose budget is the
+goes through ``worker.broker``. Every failure takes one path: ``retry_or_give_up``, whose budget is the
 row's delivery count (redeliveries after a lost worker count too), never Celery's own retry counter.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from celery import signals
@@ -29,11 +27,18 @@ from common.schemas import ItemStatus
 from common.settings import get_settings
 from db import pipeline, versions
 from db.session import reset_engine, transaction
-from db.versions import Availability
 from services.base import Model, Prediction
 from services.registry import get_spec
 from worker import broker, monitoring
-from worker.celery_app import ANALYSE_TASK, CROPS_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
+from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
+from worker.crops import crops_service, stage_for_crops
+from worker.serving import (
+    retry_or_give_up,
+    served_model,
+    service_availability,
+    store_files,
+    stored_image,
+)
 from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -44,66 +49,6 @@ _loaded: dict[str, Model] = {}
 @signals.worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     reset_engine()
-
-
-def _served_service() -> str:
-    name = get_worker_settings().service
-    if not name:
-        raise RuntimeError("this worker serves no model service; set ATELIER_WORKER_SERVICE")
-    return name
-
-
-def served_model() -> Model:
-    """The model this worker serves, loaded once (``atelier worker`` loads it before consuming)."""
-    name = _served_service()
-    if name not in _loaded:
-        spec = get_spec(name)
-        model = spec.build(get_settings().model_repository)
-        model.load()
-        _loaded[name] = model
-        monitoring.model_loaded(model.name, model.version)
-        log.info("loaded model %s version %s", model.name, model.version)
-    return _loaded[name]
-
-
-def report_served(model: Model) -> threading.Thread:
-    """Tell the orchestrator which version this worker serves, now and then every heartbeat, so new
-    analyses go to it and queued ones for a version nobody serves any more are moved to it."""
-    with transaction() as session:
-        versions.report_served(session, model.name, model.version, started=True)
-    interval = get_worker_settings().heartbeat_s
-
-    def beat() -> None:
-        while True:
-            time.sleep(interval)
-            try:
-                with transaction() as session:
-                    versions.report_served(session, model.name, model.version, started=False)
-            except Exception:  # the database may be away for a while; the next beat tries again
-                log.warning("heartbeat of %s %s failed", model.name, model.version, exc_info=True)
-
-    thread = threading.Thread(target=beat, name="served-version-heartbeat", daemon=True)
-    thread.start()
-    return thread
-
-
-def _retry_or_give_up(
-    attempt: int,
-    what: str,
-    exc: Exception,
-    retry: Callable[[float], None],
-    give_up: Callable[[Exception], None],
-) -> None:
-    """The one retry shape: ``retry(countdown)`` with exponential backoff while ``attempt`` (the row's
-    delivery count, this one included) is within the budget, else ``give_up()`` records the failure."""
-    settings = get_worker_settings()
-    retries = max(attempt - 1, 0)
-    if retries < settings.max_retries:
-        log.warning("%s failed (attempt %d), retrying: %r", what, attempt, exc)
-        retry(float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s)))
-        return
-    log.error("%s failed for good after %d attempts: %r", what, attempt, exc)
-    give_up(exc)
 
 
 @app.task(name=DISPATCH_JOB_TASK)
@@ -132,7 +77,7 @@ def fetch_task(item_id: str) -> None:
         return
     try:
         stored = _fetch_and_store(claim)
-        availability = {name: _availability(name) for name in claim.models}
+        availability = {name: service_availability(name) for name in claim.models}
         expected = {m: a.version for m, a in availability.items() if a.available and a.version is not None}
         skipped = {m: a.reason for m, a in availability.items() if not a.available}
         explain = [m for m in claim.models if claim.explain and get_spec(m).explains]
@@ -152,7 +97,7 @@ def fetch_task(item_id: str) -> None:
             log.warning("item failed: %s: %s", exc.code, exc.detail)
             _fail_item(item, exc)
             return
-        _retry_or_give_up(
+        retry_or_give_up(
             claim.attempts,
             f"fetch of item {item}",
             exc,
@@ -186,16 +131,6 @@ def _fetch_and_store(claim: pipeline.FetchClaim) -> pipeline.StoredImage:
     key = image_key(sha)
     store.put(key, data)
     return pipeline.StoredImage(sha, key, sniff_format(data), image.width, image.height, len(data))
-
-
-def _availability(name: str) -> Availability:
-    """Built-in analysers always serve their code version; model services the version their workers
-    reported (``db.versions``): the orchestrator never reads the model repository."""
-    builtin = get_spec(name).builtin_version
-    if builtin is not None:
-        return Availability(True, builtin)
-    with transaction() as session:
-        return versions.availability(session, name)
 
 
 @app.task(
@@ -255,16 +190,16 @@ def _write_analysis(
     output = prediction.output
     try:
         if prediction.files:
-            output = {**output, "files": _store_files(claim, "results", prediction.files)}
+            output = {**output, "files": store_files(claim, "results", prediction.files)}
         if claim.explain:
-            explanations = served_model().explain(_stored_image(claim), prediction)
-            output = {**output, "explanations": _store_files(claim, "explanations", explanations)}
+            explanations = served_model().explain(stored_image(claim), prediction)
+            output = {**output, "explanations": store_files(claim, "explanations", explanations)}
     except Exception as exc:
         _retry_or_fail_analysis(claim, exc)
         return
-    crops_to = _crops_service(claim.model_name, output)
+    crops_to = crops_service(claim.model_name, output)
     if crops_to is not None:
-        _stage_for_crops(claim, output, crops_to, batch_size=batch_size, inference_ms=ms)
+        stage_for_crops(claim, output, crops_to, batch_size=batch_size, inference_ms=ms)
         return
     with transaction() as session:
         pipeline.complete_analysis(
@@ -275,104 +210,6 @@ def _write_analysis(
             batch_size=batch_size,
             inference_ms=ms,
         )
-
-
-def _crops_service(model_name: str, output: dict[str, Any]) -> str | None:
-    """The service that classifies this output's garment crops, when it has garments and one is up.
-
-    An unavailable crops service is recorded in the output (``garment_classification.skipped``).
-    """
-    crops_to = get_spec(model_name).crops_to
-    if crops_to is None or not output.get("garments") or not get_worker_settings().classify_crops:
-        return None
-    availability = _availability(crops_to)
-    if not availability.available:
-        output["garment_classification"] = {"model": crops_to, "skipped": availability.reason}
-        return None
-    return crops_to
-
-
-def _stage_for_crops(
-    claim: pipeline.AnalysisClaim,
-    output: dict[str, Any],
-    crops_to: str,
-    *,
-    batch_size: int,
-    inference_ms: float,
-) -> None:
-    """Write the detections, leave the result pending, queue its crops to ``crops_to``'s workers."""
-    with transaction() as session:
-        staged = pipeline.stage_analysis(
-            session, claim, output=output, batch_size=batch_size, inference_ms=inference_ms
-        )
-    if staged:
-        broker.classify_crops(claim.result_id, claim.blob_key, crops_to)
-
-
-@app.task(name=CROPS_TASK)
-def crops_task(result_id: str, blob_key: str) -> None:
-    """Classify each garment of a staged result (its crop, by its box), then complete the result.
-
-    Runs in the crops service's worker (the classifier): all of an image's crops in one batch.
-    """
-    with transaction() as session:
-        staged = pipeline.staged_analysis(session, uuid.UUID(result_id), blob_key)
-    if staged is None:
-        return  # finished already (a redelivery), or re-claimed by its own service
-    claim, output = staged
-    try:
-        model = served_model()
-        image = _stored_image(claim)
-        garments = output["garments"]
-        started = time.perf_counter()
-        with monitoring.predict_call(model.name, len(garments)):
-            predictions = model.predict_crops(image, [garment["box"] for garment in garments])
-        ms = (time.perf_counter() - started) * 1000.0
-    except Exception as exc:  # retried, then recorded as the result's failure
-
-        def give_up(error: Exception) -> None:
-            with transaction() as session:
-                pipeline.complete_analysis(session, claim, output=None, error=f"garment crops: {error!r}")
-
-        _retry_or_give_up(
-            claim.attempts,
-            f"garment crops of {result_id}",
-            exc,
-            lambda countdown: broker.classify_crops(
-                claim.result_id, claim.blob_key, _served_service(), countdown=countdown
-            ),
-            give_up,
-        )
-        return
-    output["garments"] = [
-        {**garment, "classification": prediction.output}
-        for garment, prediction in zip(garments, predictions, strict=True)
-    ]
-    output["garment_classification"] = {
-        "model": model.name,
-        "version": model.version,
-        "crops": len(predictions),
-        "inference_ms": round(ms, 2),
-    }
-    with transaction() as session:
-        pipeline.complete_analysis(session, claim, output=output)
-
-
-def _stored_image(claim: pipeline.AnalysisClaim) -> Image.Image:
-    settings = get_settings()
-    return decode_image(blob_store(settings.blob_dir).get(claim.blob_key), settings.fetch.max_pixels)
-
-
-def _store_files(claim: pipeline.AnalysisClaim, kind: str, files: dict[str, bytes]) -> dict[str, str]:
-    """Pictures a model made for this image, in the blob store under
-    ``<kind>/<model>/<version>/<image sha256>/<name>``; returns their keys by name."""
-    store = blob_store(get_settings().blob_dir)
-    sha256 = claim.blob_key.rsplit("/", 1)[-1]
-    keys = {}
-    for name, data in files.items():
-        keys[name] = f"{kind}/{claim.model_name}/{claim.model_version}/{sha256}/{name}"
-        store.put(keys[name], data)
-    return keys
 
 
 def _predict_isolating_failures(
@@ -419,7 +256,7 @@ def _retry_or_fail_analysis(claim: pipeline.AnalysisClaim, exc: Exception) -> No
         with transaction() as session:
             pipeline.complete_analysis(session, claim, output=None, error=repr(error))
 
-    _retry_or_give_up(
+    retry_or_give_up(
         claim.attempts,
         f"analysis {claim.result_id} ({claim.model_name})",
         exc,

@@ -91,20 +91,12 @@ def test_each_garment_crop_is_classified_by_the_classifier(
             assert garment["classification"][head]["score"] == pytest.approx(alone[head]["score"], abs=1e-4)
 
 
-def test_garments_are_not_classified_without_a_classifier(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With no classifier version, the detector's result says so instead of waiting for one."""
-    from common.settings import get_settings
-    from worker import tasks
+def test_garments_are_not_classified_without_a_classifier(clean_db: Infra) -> None:
+    """With no classifier version served, the detector's result says so instead of waiting for one."""
+    from worker import crops
 
-    monkeypatch.setenv("ATELIER_MODEL_REPOSITORY", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        output: dict[str, Any] = {"garments": [{"box": [0, 0, 4, 4]}]}
-        assert tasks._crops_service("detector", output) is None
-        assert tasks._crops_service("detector", {"garments": []}) is None
-    finally:
-        get_settings.cache_clear()
+    output: dict[str, Any] = {"garments": [{"box": [0, 0, 4, 4]}]}
+    assert crops.crops_service("detector", output) is None
+    assert crops.crops_service("detector", {"garments": []}) is None
     assert output["garment_classification"]["model"] == "classifier"
     assert "no model artifact" in output["garment_classification"]["skipped"]

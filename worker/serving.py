@@ -1,0 +1,113 @@
+"""What every model worker process shares: the model it serves (loaded once, its version reported to
+the orchestrator), the stored images it reads, the files it writes, and the one retry shape."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from PIL import Image
+
+from common.blobstore import blob_store
+from common.images import decode_image
+from common.settings import get_settings
+from db import pipeline, versions
+from db.session import transaction
+from db.versions import Availability
+from services.base import Model
+from services.registry import get_spec
+from worker import monitoring
+from worker.settings import get_worker_settings
+
+log = logging.getLogger(__name__)
+
+_loaded: dict[str, Model] = {}
+
+
+def served_service() -> str:
+    name = get_worker_settings().service
+    if not name:
+        raise RuntimeError("this worker serves no model service; set ATELIER_WORKER_SERVICE")
+    return name
+
+
+def served_model() -> Model:
+    """The model this worker serves, loaded once (``atelier worker`` loads it before consuming)."""
+    name = served_service()
+    if name not in _loaded:
+        spec = get_spec(name)
+        model = spec.build(get_settings().model_repository)
+        model.load()
+        _loaded[name] = model
+        monitoring.model_loaded(model.name, model.version)
+        log.info("loaded model %s version %s", model.name, model.version)
+    return _loaded[name]
+
+
+def report_served(model: Model) -> threading.Thread:
+    """Tell the orchestrator which version this worker serves, now and then every heartbeat, so new
+    analyses go to it and queued ones for a version nobody serves any more are moved to it."""
+    with transaction() as session:
+        versions.report_served(session, model.name, model.version, started=True)
+    interval = get_worker_settings().heartbeat_s
+
+    def beat() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                with transaction() as session:
+                    versions.report_served(session, model.name, model.version, started=False)
+            except Exception:  # the database may be away for a while; the next beat tries again
+                log.warning("heartbeat of %s %s failed", model.name, model.version, exc_info=True)
+
+    thread = threading.Thread(target=beat, name="served-version-heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def service_availability(name: str) -> Availability:
+    """Built-in analysers always serve their code version; model services the version their workers
+    reported (``db.versions``): the orchestrator never reads the model repository."""
+    builtin = get_spec(name).builtin_version
+    if builtin is not None:
+        return Availability(True, builtin)
+    with transaction() as session:
+        return versions.availability(session, name)
+
+
+def retry_or_give_up(
+    attempt: int,
+    what: str,
+    exc: Exception,
+    retry: Callable[[float], None],
+    give_up: Callable[[Exception], None],
+) -> None:
+    """The one retry shape: ``retry(countdown)`` with exponential backoff while ``attempt`` (the row's
+    delivery count, this one included) is within the budget, else ``give_up()`` records the failure."""
+    settings = get_worker_settings()
+    retries = max(attempt - 1, 0)
+    if retries < settings.max_retries:
+        log.warning("%s failed (attempt %d), retrying: %r", what, attempt, exc)
+        retry(float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s)))
+        return
+    log.error("%s failed for good after %d attempts: %r", what, attempt, exc)
+    give_up(exc)
+
+
+def stored_image(claim: pipeline.AnalysisClaim) -> Image.Image:
+    settings = get_settings()
+    return decode_image(blob_store(settings.blob_dir).get(claim.blob_key), settings.fetch.max_pixels)
+
+
+def store_files(claim: pipeline.AnalysisClaim, kind: str, files: dict[str, bytes]) -> dict[str, str]:
+    """Pictures a model made for this image, in the blob store under
+    ``<kind>/<model>/<version>/<image sha256>/<name>``; returns their keys by name."""
+    store = blob_store(get_settings().blob_dir)
+    sha256 = claim.blob_key.rsplit("/", 1)[-1]
+    keys = {}
+    for name, data in files.items():
+        keys[name] = f"{kind}/{claim.model_name}/{claim.model_version}/{sha256}/{name}"
+        store.put(keys[name], data)
+    return keys
