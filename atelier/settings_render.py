@@ -239,8 +239,7 @@ def render_env_example() -> list[str]:
             else:
                 value = deployed.value if deployed.value is not None else env_value(setting.default)
                 lines.append(f"{setting.name}={_dotenv_value(value)}")
-        lines.append("")
-    return [*lines[:-1], END]
+    return [*lines, END]
 
 
 # --- docker-compose.yml -----------------------------------------------------------------------------

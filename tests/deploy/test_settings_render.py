@@ -35,10 +35,11 @@ def test_committed_files_are_what_the_generator_renders() -> None:
 
 
 def test_the_check_sees_a_hand_edited_default(tmp_path: Path) -> None:
-    # given a copy of the generated files with one value changed by hand
+    # given freshly rendered files with one value changed by hand
     for path in (ENV_EXAMPLE, COMPOSE_FILE, CONFIGMAP_ENV):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / path, tmp_path / path)
+    write(tmp_path)
     configmap = tmp_path / CONFIGMAP_ENV
     configmap.write_text(configmap.read_text().replace("ATELIER_LOG_LEVEL=INFO", "ATELIER_LOG_LEVEL=DEBUG"))
     # when the check runs, then it reports that file and line; rendering puts it back
