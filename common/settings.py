@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"atelier", "change-me", "changeme", "secret", "password", "postgres"})
@@ -41,7 +41,10 @@ class FetchSettings(BaseModel):
 
 
 class QueueSettings(BaseModel):
-    """One Celery queue per concern, so operators scale each service on its own."""
+    """One Celery queue per concern, so operators scale each service on its own. A service not named
+    here (a new one) has a queue of its own name, or ``ATELIER_QUEUES__<NAME>``."""
+
+    model_config = ConfigDict(extra="allow")
 
     orchestrator: str = Field(
         default="orchestrator",
@@ -51,6 +54,10 @@ class QueueSettings(BaseModel):
     classifier: str = Field(default="classifier", description="Queue of the classifier service.")
     detector: str = Field(default="detector", description="Queue of the detector service.")
     segmenter: str = Field(default="segmenter", description="Queue of the segmenter service.")
+
+    def for_service(self, name: str) -> str:
+        """The queue of model service ``name``."""
+        return str(getattr(self, name, None) or name)
 
 
 class CoreSettings(BaseSettings):
