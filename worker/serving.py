@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.blobstore import blob_store
 from common.images import decode_image
@@ -59,7 +60,7 @@ def report_served(model: Model) -> threading.Thread:
             try:
                 with transaction() as session:
                     versions.report_served(session, model.name, model.version, started=False)
-            except Exception:  # the database may be away for a while; the next beat tries again
+            except SQLAlchemyError:  # the database may be away for a while; the next beat tries again
                 log.warning("heartbeat of %s %s failed", model.name, model.version, exc_info=True)
 
     thread = threading.Thread(target=beat, name="served-version-heartbeat", daemon=True)

@@ -194,7 +194,7 @@ def _write_analysis(
         if claim.explain:
             explanations = served_model().explain(stored_image(claim), prediction)
             output = {**output, "explanations": store_files(claim, "explanations", explanations)}
-    except Exception as exc:
+    except Exception as exc:  # a model's explain() or the blob store: retried, then the result fails
         _retry_or_fail_analysis(claim, exc)
         return
     crops_to = crops_service(claim.model_name, output)
@@ -225,7 +225,7 @@ def _predict_isolating_failures(
     for claim in claims:
         try:
             images.append(decode_image(store.get(claim.blob_key), settings.fetch.max_pixels))
-        except Exception as exc:
+        except Exception as exc:  # kept as this image's outcome: one bad input fails only itself
             images.append(exc)
     ready = [image for image in images if not isinstance(image, Exception)]
     try:
@@ -234,7 +234,7 @@ def _predict_isolating_failures(
             predictions = iter(model.predict(ready)) if ready else iter(())
         share = (time.perf_counter() - started) * 1000.0 / max(len(ready), 1)
         return [image if isinstance(image, Exception) else (next(predictions), share) for image in images]
-    except Exception:
+    except Exception:  # whatever a framework raises: find the image that caused it, one by one
         log.warning("batched predict of %d images failed; predicting one by one", len(ready), exc_info=True)
     return [image if isinstance(image, Exception) else _predict_one(model, image) for image in images]
 
@@ -245,7 +245,7 @@ def _predict_one(model: Model, image: Image.Image) -> tuple[Prediction, float] |
         with monitoring.predict_call(model.name, 1):
             [prediction] = model.predict([image])
         return prediction, (time.perf_counter() - started) * 1000.0
-    except Exception as exc:
+    except Exception as exc:  # this image's outcome, retried and recorded by _write_analysis
         return exc
 
 
