@@ -41,8 +41,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM python:3.11-slim AS runtime
 
 # A fixed uid, the same on every host and in Kubernetes (runAsUser 10001), so volume ownership agrees.
-# /data/blobs and /models are where compose and Kubernetes mount the blobs and the model repository; an
-# empty named volume takes the ownership of these directories on first use.
+# /data/blobs is where compose and Kubernetes mount the blobs; an empty named volume takes the ownership
+# of the directory on first use. Nothing mounts the model repository here (only the model services read
+# it; this image's processes read the served versions from Postgres): /models and
+# ATELIER_MODEL_REPOSITORY stay so that every image agrees on where it would be.
 RUN groupadd --system --gid 10001 atelier \
     && useradd --system --uid 10001 --gid atelier --create-home --home-dir /home/atelier \
         --shell /usr/sbin/nologin atelier \

@@ -450,13 +450,27 @@ def test_containers_log_json(ours: dict[str, dict[str, Any]], defaults: dict[str
 
 
 def test_volumes_are_where_the_image_looks(ours: dict[str, dict[str, Any]]) -> None:
+    # only a model service's own worker reads the model repository: the gateway and the orchestrator
+    # read the served versions from Postgres, properties and the migrations need no artifact
+    mounting_models: set[str] = set()
     for name, service in ours.items():
-        if name in ONE_SHOT:
-            continue
         env = dockerfile(ROLES[name].image).final(ROLES[name].variant).env()
         mounts = {volume.split(":")[0]: volume.split(":")[1:] for volume in service["volumes"]}
+        targets = {volume.split(":")[1] if ":" in volume else volume for volume in service["volumes"]}
+        if is_model_service(name):
+            assert mounts.get("models") == [env["ATELIER_MODEL_REPOSITORY"], "ro"], (
+                f"{name}: models read-only"
+            )
+            mounting_models.add(name)
+        else:
+            assert "models" not in mounts and env["ATELIER_MODEL_REPOSITORY"] not in targets, (
+                f"{name} reads no model artifact but mounts the model repository: {service['volumes']}"
+            )
+        if name in ONE_SHOT:
+            continue
         assert mounts["blobs"] == [env["ATELIER_BLOB_DIR"]], name
-        assert mounts["models"] == [env["ATELIER_MODEL_REPOSITORY"], "ro"], f"{name}: models read-only"
+    models = {name for name, spec in SERVICES.items() if spec.builtin_version is None}
+    assert mounting_models == {f"{m}{suffix}" for m in models for suffix in ("", "-gpu")}
 
 
 def test_compose_environment_names_are_settings(ours: dict[str, dict[str, Any]]) -> None:

@@ -455,17 +455,36 @@ def test_every_container_has_requests_and_limits(kubectl: str, name: str) -> Non
 def test_volumes_are_shared_blobs_and_read_only_models(kubectl: str, name: str) -> None:
     objects = render(kubectl, name)
     claims = {c["metadata"]["name"]: c for c in of_kind(objects, "PersistentVolumeClaim")}
+    model_claims: set[str] = set()
     for role, deployment in deployments(objects).items():
         pod = deployment["spec"]["template"]["spec"]
         by_name = {v["name"]: v for v in pod["volumes"]}
         mounts = {m["mountPath"]: m for m in the_container(deployment)["volumeMounts"]}
-        blobs, models = mounts[BLOB_DIR], mounts[MODEL_REPOSITORY]
+        blobs = mounts[BLOB_DIR]
         assert not blobs.get("readOnly"), f"{role} writes blobs"
-        assert models.get("readOnly") is True, f"{role}: the model repository is read-only"
         blob_claim = claims[by_name[blobs["name"]]["persistentVolumeClaim"]["claimName"]]
-        model_claim = claims[by_name[models["name"]]["persistentVolumeClaim"]["claimName"]]
         assert blob_claim["spec"]["accessModes"] == ["ReadWriteMany"], "every pod, on any node, writes blobs"
-        assert model_claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+        if role in MODEL_SERVICES:
+            assert MODEL_REPOSITORY in mounts, f"{name}: {role} does not mount the model repository"
+            models = mounts[MODEL_REPOSITORY]
+            assert models.get("readOnly") is True, f"{role}: the model repository is read-only"
+            source = by_name[models["name"]]["persistentVolumeClaim"]
+            assert source.get("readOnly") is True, f"{role}: the model claim is attached read-only"
+            model_claim = claims[source["claimName"]]
+            assert model_claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+            model_claims.add(source["claimName"])
+    assert model_claims, f"{name}: no model service mounts the model repository"
+    # only a model service's own worker reads artifacts: the gateway (/readyz) and the orchestrator read
+    # the served versions from Postgres; properties and the migrations Job need no artifact
+    for obj, template in pod_templates(objects):
+        if component(obj) in MODEL_SERVICES:
+            continue
+        where = f"{name}: {obj['metadata']['name']} reads no model artifact"
+        paths = {m["mountPath"] for m in the_container(obj).get("volumeMounts", [])}
+        assert MODEL_REPOSITORY not in paths, f"{where} but mounts {MODEL_REPOSITORY}"
+        volumes = template["spec"].get("volumes", [])
+        claimed = {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
+        assert not claimed & model_claims, f"{where} but has the claim {sorted(claimed & model_claims)}"
 
 
 def test_mount_paths_are_where_the_images_look() -> None:
