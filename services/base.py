@@ -11,18 +11,23 @@ A service has two halves so that the orchestrator and the gateway never import a
 from __future__ import annotations
 
 import importlib
-import json
-import logging
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from common.errors import ArtifactError
+from services.artifacts import latest_version_dir, manifest_problem
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "Availability",
+    "Model",
+    "Prediction",
+    "ServiceSpec",
+    "latest_version_dir",  # where it lived before services.artifacts; atelier's CLI imports it from here
+    "latest_version_factory",
+]
 
 if TYPE_CHECKING:  # the gateway reads specs without Pillow installed
     from PIL import Image
@@ -74,14 +79,13 @@ class ServiceSpec:
     name: str
     model_path: str  # "package.module:Factory"; the factory takes (spec, repository) and returns a Model
     builtin_version: str | None = None  # model-free analysers have a code version instead of an artifact
-    description: str = ""
     explains: bool = False  # its Model.explain gives pictures for people (Grad-CAM)
     # the service that classifies the garment crops of this one's output ("garments", each with a "box")
     crops_to: str | None = None
-    queue_attr: str = field(default="")  # attribute of QueueSettings; defaults to the service name
 
     def queue(self, queues: Any) -> str:
-        return str(getattr(queues, self.queue_attr or self.name))
+        """Its queue's name: the ``QueueSettings`` field named after the service."""
+        return str(getattr(queues, self.name))
 
     def availability(self, repository: Path) -> Availability:
         """Built-in analysers are always available; model services need ``<repo>/<name>/<version>/``."""
@@ -90,13 +94,8 @@ class ServiceSpec:
         version_dir = latest_version_dir(repository / self.name)
         if version_dir is None:
             return Availability(False, None, f"no model artifact in {repository / self.name}")
-        manifest = version_dir / "manifest.json"
-        if not manifest.is_file():
-            return Availability(False, None, f"no manifest.json in {version_dir}")
-        try:
-            json.loads(manifest.read_text())
-        except json.JSONDecodeError as exc:
-            return Availability(False, None, f"unreadable manifest {manifest}: {exc}")
+        if (problem := manifest_problem(version_dir)) is not None:
+            return Availability(False, None, problem)
         return Availability(True, version_dir.name)
 
     def build(self, repository: Path) -> Model:
@@ -109,57 +108,17 @@ class ServiceSpec:
         return factory(self, repository)
 
 
-def read_manifest(service: str, version_dir: Path, required: Sequence[str]) -> dict[str, Any]:
-    """A version's ``manifest.json``, refused with the reason when absent, unreadable or incomplete."""
-    path = version_dir / "manifest.json"
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{service} artifact {version_dir} has no manifest.json") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"unreadable manifest {path}: {exc}") from exc
-    missing = [key for key in ("files", *required) if key not in manifest]
-    if missing:
-        raise ArtifactError(f"manifest {path} lacks {missing}")
-    return manifest
+ModelT = TypeVar("ModelT", bound=Model)
 
 
-def verify_files(
-    service: str, version_dir: Path, manifest: Mapping[str, Any], required: Sequence[str]
-) -> None:
-    """Every file the manifest lists exists with its recorded sha256, and the ``required`` ones are listed."""
-    from common.blobstore import sha256_file
+def latest_version_factory(model: Callable[[Path], ModelT]) -> Callable[[ServiceSpec, Path], ModelT]:
+    """The factory ``ServiceSpec.model_path`` names for a model served from the repository: ``model``
+    built on the newest version of the spec's service."""
 
-    for name in required:
-        if name not in manifest["files"]:
-            raise ArtifactError(f"manifest of {version_dir} lists no {name}")
-    for name, expected in manifest["files"].items():
-        path = version_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"{service} artifact file {path} is missing")
-        if (actual := sha256_file(path)) != expected:
-            raise ArtifactError(f"{path} has sha256 {actual}, the manifest says {expected}")
+    def build(spec: ServiceSpec, repository: Path) -> ModelT:
+        version_dir = latest_version_dir(repository / spec.name)
+        if version_dir is None:
+            raise ArtifactError(f"no {spec.name} version in {repository / spec.name}")
+        return model(version_dir)
 
-
-def publish_version(staging: Path, model_dir: Path) -> Path:
-    """Rename a fully written staging directory to the next version number: readers of the repository
-    never see a half-written version, and two trainers never take the same number."""
-    while True:
-        versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-        target = model_dir / str(max(versions, default=0) + 1)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not target.exists():
-                raise
-            continue  # another run took that number first
-        log.info("published %s", target)
-        return target
-
-
-def latest_version_dir(model_dir: Path) -> Path | None:
-    """Triton-style layout: ``<repo>/<model>/<version>/``; the highest numeric version wins."""
-    if not model_dir.is_dir():
-        return None
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, key=lambda p: int(p.name), default=None)
+    return build

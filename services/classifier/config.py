@@ -13,17 +13,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.artifacts import Manifest
 from services.base import ServiceSpec
 
-SPEC = ServiceSpec(
-    name="classifier",
-    model_path="services.classifier.model:build",
-    explains=True,
-    description=(
-        "VGG19 multi-head classifier (Fashion Product Images attributes) with a search embedding; "
-        "TensorFlow/Keras, its own environment"
-    ),
-)
+# VGG19 multi-head classifier (Fashion Product Images attributes) with a search embedding; Keras on
+# TensorFlow, in its own environment
+SPEC = ServiceSpec(name="classifier", model_path="services.classifier.model:build", explains=True)
+
+MODEL_FILE = "model.keras"  # the network, in a version directory beside its manifest
 
 FASHION_HEADS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
 
@@ -78,3 +75,16 @@ class TrainConfig(BaseModel):
     patience: int = 3
     augment: bool = True
     class_weighting: bool = True
+
+
+class ClassifierManifest(Manifest):
+    """A classifier version's manifest: the label list of each head, the input, the embedding."""
+
+    heads: dict[str, list[str]]
+    input_size: tuple[int, int]  # height, width
+    embedding_dim: int
+    framework_version: str | None = None
+    backend: str | None = None
+    backbone: str | None = None
+    preprocessing: str | None = None
+    training_data_hash: str | None = None

@@ -31,6 +31,8 @@ from typing import Literal
 
 import numpy as np
 
+from common.blobstore import sha256_file
+
 logger = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
@@ -52,7 +54,6 @@ IMAGE_SUFFIX = ".jpg"
 
 _ID = re.compile(r"[0-9]+")
 _FIELDS_BEFORE_NAME = len(COLUMNS) - 1
-_HASH_CHUNK = 1 << 20
 
 RarePolicy = Literal["other", "drop"]
 
@@ -193,7 +194,7 @@ def dataset_hash(samples: Iterable[Sample]) -> str:
     )
     digest = hashlib.sha256()
     for id_, labels, image_path in records:
-        record = json.dumps([id_, labels, _file_sha256(image_path)], ensure_ascii=False)
+        record = json.dumps([id_, labels, sha256_file(image_path)], ensure_ascii=False)
         digest.update(record.encode("utf-8") + b"\n")
     return digest.hexdigest()
 
@@ -332,11 +333,3 @@ def _label(sample: Sample, head: str) -> str:
         raise ValueError(
             f"sample {sample.id!r} has no label for head {head!r}; it has {sorted(sample.labels)!r}"
         ) from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

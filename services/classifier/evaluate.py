@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from services.artifacts import METRICS
 from services.classifier.data import Sample
 from services.classifier.preprocess import preprocess_batch
 
@@ -65,9 +66,9 @@ def write_reports(
     directory: Path, metrics: Mapping[str, Mapping[str, Any]], heads: Mapping[str, Sequence[str]]
 ) -> list[str]:
     """``metrics.json`` plus ``confusion_<head>.csv`` and ``.png``; returns the file names written."""
-    written = ["metrics.json"]
+    written = [METRICS]
     summary = {head: {k: v for k, v in m.items() if k != "confusion"} for head, m in metrics.items()}
-    (directory / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (directory / METRICS).write_text(json.dumps(summary, indent=2))
     for head, labels in heads.items():
         matrix = np.asarray(metrics[head]["confusion"])
         with (directory / f"confusion_{head}.csv").open("w", newline="") as handle:

@@ -18,17 +18,21 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from common.errors import ArtifactError
-from db.models import EMBEDDING_DIM
-from services.base import Model, Prediction, ServiceSpec, latest_version_dir
-from services.base import read_manifest as base_read_manifest
-from services.base import verify_files as base_verify_files
-from services.classifier.config import ClassifierSettings, get_classifier_settings
+from common.outputs import EMBEDDING_DIM, Classification, HeadPrediction, LabelScore
+from services.artifacts import MANIFEST, read_manifest, verify_files
+from services.base import Model, Prediction, latest_version_factory
+from services.classifier.config import (
+    MODEL_FILE,
+    ClassifierManifest,
+    ClassifierSettings,
+    get_classifier_settings,
+)
 from services.classifier.preprocess import Box, crop, preprocess_batch
+
+__all__ = ["MANIFEST", "MODEL_FILE", "ClassifierModel", "build", "build_network", "check_heads"]
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-MANIFEST = "manifest.json"
 EMBEDDING = "embedding"
 LAST_CONV = "block5_conv4"
 
@@ -80,24 +84,30 @@ class ClassifierModel(Model):
         self.version = version_dir.name
         self.settings = settings or get_classifier_settings()
         self.net: keras.Model | None = None
-        self.manifest: dict[str, Any] = {}
+        self._manifest: ClassifierManifest | None = None
+
+    @property
+    def manifest(self) -> ClassifierManifest:
+        if self._manifest is None:
+            raise RuntimeError("call load() before reading the manifest")
+        return self._manifest
 
     @property
     def heads(self) -> dict[str, list[str]]:
-        return dict(self.manifest["heads"])
+        return dict(self.manifest.heads)
 
     @property
     def input_size(self) -> tuple[int, int]:
-        height, width = self.manifest["input_size"]
-        return int(height), int(width)
+        return self.manifest.input_size
 
     def load(self) -> None:
         if self.net is not None:
             return
-        self.manifest = read_manifest(self.version_dir)
-        verify_files(self.version_dir, self.manifest)
+        manifest = read_manifest(self.name, self.version_dir, ClassifierManifest)
+        verify_files(self.name, self.version_dir, manifest, (MODEL_FILE,))
         net = keras.models.load_model(self.version_dir / MODEL_FILE, compile=False)
-        check_heads(net, self.manifest)
+        check_heads(net, manifest)
+        self._manifest = manifest
         self.net = net
         log.info("classifier %s loaded: heads %s, input %s", self.version, list(self.heads), self.input_size)
 
@@ -127,14 +137,14 @@ class ClassifierModel(Model):
         return [self._prediction(raw, i) for i in range(len(batch))]
 
     def _prediction(self, raw: Mapping[str, Any], i: int) -> Prediction:
-        output: dict[str, Any] = {}
+        output: dict[str, HeadPrediction] = {}
         for head, labels in self.heads.items():
             probabilities = np.asarray(raw[head][i], dtype=np.float64)
             order = np.argsort(-probabilities, kind="stable")[: self.settings.top_k]
-            top = [{"label": labels[j], "score": round(float(probabilities[j]), 6)} for j in order]
-            output[head] = {"label": top[0]["label"], "score": top[0]["score"], "top": top}
+            top = [LabelScore(label=labels[j], score=round(float(probabilities[j]), 6)) for j in order]
+            output[head] = HeadPrediction(label=top[0].label, score=top[0].score, top=top)
         embedding = np.asarray(raw[EMBEDDING][i], dtype=np.float64)
-        return Prediction(output=output, embedding=[float(v) for v in embedding])
+        return Prediction(output=Classification(output).dump(), embedding=[float(v) for v in embedding])
 
 
 def _box(box: Sequence[float]) -> Box:
@@ -142,18 +152,10 @@ def _box(box: Sequence[float]) -> Box:
     return (x1, y1, x2, y2)
 
 
-def read_manifest(version_dir: Path) -> dict[str, Any]:
-    return base_read_manifest("classifier", version_dir, ("heads", "input_size", "embedding_dim"))
-
-
-def verify_files(version_dir: Path, manifest: Mapping[str, Any]) -> None:
-    base_verify_files("classifier", version_dir, manifest, (MODEL_FILE,))
-
-
-def check_heads(net: keras.Model, manifest: Mapping[str, Any]) -> None:
+def check_heads(net: keras.Model, manifest: ClassifierManifest) -> None:
     """The label lists must match the network's heads, and the embedding the database column."""
     shapes = {name: tuple(tensor.shape) for name, tensor in net.output.items()}
-    for head, labels in manifest["heads"].items():
+    for head, labels in manifest.heads.items():
         if head not in shapes:
             raise ArtifactError(f"the manifest names head {head!r}; the network has {sorted(shapes)}")
         if shapes[head][-1] != len(labels):
@@ -166,8 +168,4 @@ def check_heads(net: keras.Model, manifest: Mapping[str, Any]) -> None:
         )
 
 
-def build(spec: ServiceSpec, repository: Path) -> ClassifierModel:
-    version_dir = latest_version_dir(repository / spec.name)
-    if version_dir is None:
-        raise ArtifactError(f"no classifier version in {repository / spec.name}")
-    return ClassifierModel(version_dir)
+build = latest_version_factory(ClassifierModel)  # SPEC.model_path

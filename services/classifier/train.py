@@ -13,11 +13,9 @@ import itertools
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -25,12 +23,11 @@ import tensorflow as tf
 from numpy.typing import NDArray
 from PIL import Image
 
-from common.blobstore import sha256_file
-from services.base import publish_version
-from services.classifier.config import TrainConfig
+from services.artifacts import PREDICTIONS, hash_files, publish_version, staging_dir, write_manifest
+from services.classifier.config import MODEL_FILE, ClassifierManifest, TrainConfig
 from services.classifier.data import Sample, dataset_hash, labels_of, read_styles, stratified_split
 from services.classifier.evaluate import evaluate_outputs, predict_samples, write_reports
-from services.classifier.model import MANIFEST, MODEL_FILE, ClassifierModel, build_network
+from services.classifier.model import ClassifierModel, build_network
 from services.classifier.preprocess import PREPROCESSING, augment, preprocess
 from services.classifier.zoo import weights_path
 
@@ -230,33 +227,31 @@ def _publish(
     """Write the version in a temporary directory, evaluate it through the serving code, then rename it
     into place: readers never see a half-written version."""
     model_dir = repository / "classifier"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    staging = staging_dir(model_dir)
     net.save(staging / MODEL_FILE)
-    manifest: dict[str, Any] = {
-        "name": "classifier",
-        "framework": "keras",
-        "framework_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "backbone": "vgg19",
-        "heads": {head: list(labels) for head, labels in heads.items()},
-        "input_size": list(config.input_size),
-        "preprocessing": PREPROCESSING,
-        "embedding_dim": config.embedding_dim,
-        "training_data_hash": dataset_hash(samples),
-        "train_config": config.model_dump(mode="json"),
-        "train_seconds": round(train_seconds, 1),
-        "files": {MODEL_FILE: sha256_file(staging / MODEL_FILE)},
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest = ClassifierManifest(
+        name="classifier",
+        framework="keras",
+        framework_version=keras.__version__,
+        backend=keras.backend.backend(),
+        backbone="vgg19",
+        heads={head: list(labels) for head, labels in heads.items()},
+        input_size=config.input_size,
+        preprocessing=PREPROCESSING,
+        embedding_dim=config.embedding_dim,
+        training_data_hash=dataset_hash(samples),
+        train_config=config.model_dump(mode="json"),
+        train_seconds=round(train_seconds, 1),
+        files=hash_files(staging, [MODEL_FILE]),
+    )
+    write_manifest(staging, manifest)  # the serving code below loads the staged version
     served = ClassifierModel(staging)
     served.load()
     outputs = predict_samples(served.predict_arrays, test_set, served.input_size)
     metrics = evaluate_outputs(outputs, test_set, heads)
     reports = write_reports(staging, metrics, heads)
-    (staging / "predictions_test.json").write_text(json.dumps(outputs))
-    manifest["metrics"] = {h: {k: v for k, v in m.items() if k != "confusion"} for h, m in metrics.items()}
-    for name in [*reports, "predictions_test.json"]:
-        manifest["files"][name] = sha256_file(staging / name)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (staging / PREDICTIONS).write_text(json.dumps(outputs))
+    manifest.metrics = {h: {k: v for k, v in m.items() if k != "confusion"} for h, m in metrics.items()}
+    manifest.files.update(hash_files(staging, [*reports, PREDICTIONS]))
+    write_manifest(staging, manifest)
     return publish_version(staging, model_dir)

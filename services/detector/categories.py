@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from common.outputs import LOWER_BODY, UPPER_BODY, WHOLE_BODY, BodyRegion
+
 CATEGORIES: tuple[str, ...] = (
     "short sleeve top",
     "long sleeve top",
@@ -22,11 +24,10 @@ LANDMARKS: tuple[int, ...] = (25, 33, 31, 39, 15, 15, 10, 14, 8, 29, 37, 19, 19)
 KEYPOINTS = sum(LANDMARKS)  # 294
 LANDMARK_OFFSET: tuple[int, ...] = tuple(sum(LANDMARKS[:i]) for i in range(len(LANDMARKS)))
 
-UPPER, LOWER, WHOLE = "upper body", "lower body", "whole body"
-BODY_REGION: dict[str, str] = {
-    **{name: UPPER for name in CATEGORIES[:6]},
-    **{name: LOWER for name in CATEGORIES[6:9]},
-    **{name: WHOLE for name in CATEGORIES[9:]},
+BODY_REGION: dict[str, BodyRegion] = {
+    **{name: UPPER_BODY for name in CATEGORIES[:6]},
+    **{name: LOWER_BODY for name in CATEGORIES[6:9]},
+    **{name: WHOLE_BODY for name in CATEGORIES[9:]},
 }
 
 

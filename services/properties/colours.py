@@ -57,7 +57,8 @@ def srgb_to_lab(rgb: ArrayLike) -> FloatArray:
     lab[..., 0] = 116 * f[..., 1] - 16
     lab[..., 1] = 500 * (f[..., 0] - f[..., 1])
     lab[..., 2] = 200 * (f[..., 1] - f[..., 2])
-    return lab
+    result: FloatArray = lab
+    return result
 
 
 def lab_to_srgb(lab: ArrayLike) -> NDArray[np.uint8]:
@@ -70,7 +71,8 @@ def lab_to_srgb(lab: ArrayLike) -> NDArray[np.uint8]:
     xyz = np.where(f > 6 / 29, f**3, _KAPPA * (f - 4 / 29)) * _WHITE
     linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0.0, 1.0)
     encoded = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
-    return np.rint(encoded * 255).astype(np.uint8)
+    srgb: NDArray[np.uint8] = np.rint(encoded * 255).astype(np.uint8)
+    return srgb
 
 
 def ciede2000(lab1: ArrayLike, lab2: ArrayLike) -> FloatArray:

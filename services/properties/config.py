@@ -8,12 +8,8 @@ from services.base import ServiceSpec
 # constants changes, so that old rows are recognisably computed by the old code.
 PROPERTIES_VERSION = "1.0.0"
 
+# model-free image properties: size, dominant colours named by CIEDE2000, sharpness, brightness,
+# perceptual hash and whether the background is plain
 SPEC = ServiceSpec(
-    name="properties",
-    model_path="services.properties.model:build",
-    builtin_version=PROPERTIES_VERSION,
-    description=(
-        "Model-free image properties: size, dominant colours named by CIEDE2000, sharpness, "
-        "brightness, perceptual hash and whether the background is plain."
-    ),
+    name="properties", model_path="services.properties.model:build", builtin_version=PROPERTIES_VERSION
 )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import imagehash
 import numpy as np
@@ -16,6 +15,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
+from common.outputs import Background, Colour, Properties
 from services.base import Model, Prediction, ServiceSpec
 from services.properties.colours import dominant_colours, rgb_to_hex, srgb_to_lab
 from services.properties.config import PROPERTIES_VERSION
@@ -58,7 +58,7 @@ class PropertiesModel(Model):
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         if not self._loaded:
             raise RuntimeError(f"{type(self).__name__}.predict() called before load()")
-        return [Prediction(output=analyse(image)) for image in images]
+        return [Prediction(output=analyse(image).dump()) for image in images]
 
 
 def build(spec: ServiceSpec, repository: Path) -> PropertiesModel:
@@ -71,22 +71,22 @@ def build(spec: ServiceSpec, repository: Path) -> PropertiesModel:
     return PropertiesModel()
 
 
-def analyse(image: Image.Image) -> dict[str, Any]:
-    """The properties of one RGB image as a JSON-able dict."""
+def analyse(image: Image.Image) -> Properties:
+    """The properties of one RGB image."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode!r}")
     small = np.asarray(_fit(image, COLOUR_MAX_SIDE, Image.Resampling.NEAREST, upscale=False))
     pixels = small.reshape(-1, 3)
     lab = srgb_to_lab(pixels)
-    return {
-        "width": image.width,
-        "height": image.height,
-        "colours": dominant_colours(pixels, k=N_COLOURS, seed=COLOUR_SEED, lab=lab),
-        "sharpness": sharpness(image),
-        "brightness": round(float(np.mean(lab[:, 0])) / 100, 4),
-        "phash": str(imagehash.phash(image)),
-        "background": background(small, lab.reshape(small.shape)),
-    }
+    return Properties(
+        width=image.width,
+        height=image.height,
+        colours=[Colour(**c) for c in dominant_colours(pixels, k=N_COLOURS, seed=COLOUR_SEED, lab=lab)],
+        sharpness=sharpness(image),
+        brightness=round(float(np.mean(lab[:, 0])) / 100, 4),
+        phash=str(imagehash.phash(image)),
+        background=background(small, lab.reshape(small.shape)),
+    )
 
 
 def sharpness(image: Image.Image) -> float:
@@ -96,7 +96,7 @@ def sharpness(image: Image.Image) -> float:
     return round(float(np.var(laplacian, dtype=np.float64)), 2)
 
 
-def background(rgb: NDArray[np.uint8], lab: NDArray[np.float64] | None = None) -> dict[str, Any]:
+def background(rgb: NDArray[np.uint8], lab: NDArray[np.float64] | None = None) -> Background:
     """Whether the frame around an ``(H, W, 3)`` image is one plain colour, and which.
 
     ``lab``: ``srgb_to_lab(rgb)``, when the caller already has it.
@@ -113,11 +113,11 @@ def background(rgb: NDArray[np.uint8], lab: NDArray[np.float64] | None = None) -
     median = np.rint(np.median(frame, axis=0)).astype(np.uint8)
     distance = np.linalg.norm(frame_lab - srgb_to_lab(median), axis=1)
     uniformity = float(np.mean(distance < BACKGROUND_DELTA_E))
-    return {
-        "plain": uniformity >= PLAIN_BACKGROUND_UNIFORMITY,
-        "colour": rgb_to_hex(median),
-        "uniformity": round(uniformity, 4),
-    }
+    return Background(
+        plain=uniformity >= PLAIN_BACKGROUND_UNIFORMITY,
+        colour=rgb_to_hex(median),
+        uniformity=round(uniformity, 4),
+    )
 
 
 def _fit(image: Image.Image, side: int, resample: Image.Resampling, *, upscale: bool) -> Image.Image:

@@ -9,45 +9,23 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.base import ServiceSpec
-from services.detector.config import SCRATCH_FIELDS, TrainConfig
+from services.rcnn.config import SCRATCH_FIELDS, RCNNManifest, RCNNSettings, TrainConfig
 
-SPEC = ServiceSpec(
-    name="segmenter",
-    model_path="services.segmenter.model:build",
-    description=(
-        "Attribute Mask R-CNN (Fashionpedia-style): per-garment masks, style attributes, "
-        "cut-outs, body regions; torch environment"
-    ),
-)
+# attribute Mask R-CNN (Fashionpedia-style): per-garment masks, style attributes, cut-outs, body regions;
+# torch environment
+SPEC = ServiceSpec(name="segmenter", model_path="services.segmenter.model:build")
 
 
-class SegmenterSettings(BaseSettings):
-    """``ATELIER_SEGMENTER_*``: how the segmenter serves."""
+class SegmenterSettings(RCNNSettings):
+    """``ATELIER_SEGMENTER_*``: how the segmenter serves: the Detectron2 services' settings, plus its own."""
 
     model_config = SettingsConfigDict(env_prefix="ATELIER_SEGMENTER_", extra="ignore")
 
-    test_size: int | None = Field(
-        default=None, description="Shorter image side at inference; unset: the model version's own."
-    )
-    max_size: int | None = Field(
-        default=None, description="Longer image side limit at inference; unset: the model version's own."
-    )
-    score_threshold: float | None = Field(
-        default=None, description="Garments kept from this score; unset: the model version's own."
-    )
     attribute_threshold: float | None = Field(
         default=None, description="Attributes reported from this score; unset: the model version's own."
-    )
-    device: str = Field(default="auto", description='"cpu", "cuda", or "auto": cuda when there is a GPU.')
-    # None is not "torch's default": workers default BLAS and OpenMP to one thread for the numpy
-    # analysers, which would halve a CPU forward pass
-    threads: int | None = Field(
-        default=None,
-        description="torch's intra-op threads in the worker; unset: one per core it sees. Scaling on CPU, "
-        "give each replica its share (cores / replicas).",
     )
     colours: int = Field(default=3, description="Dominant colours reported per garment.")
 
@@ -58,7 +36,7 @@ def get_segmenter_settings() -> SegmenterSettings:
 
 
 class SegmenterTrainConfig(TrainConfig):
-    """The detector's training settings, plus the attribute head's."""
+    """The Detectron2 services' training config, plus the attribute head's."""
 
     attribute_loss_weight: float = 1.0
     attribute_threshold: float = 0.5
@@ -72,3 +50,13 @@ PRESETS: dict[str, SegmenterTrainConfig] = {
     "r50-fpn": SegmenterTrainConfig(),
     "r18-fpn-scratch": SegmenterTrainConfig(**SCRATCH_FIELDS),
 }
+
+
+class SegmenterManifest(RCNNManifest):
+    """A segmenter version's manifest: the Detectron2 one, plus each class's supercategory (its body
+    region) and the attributes with the dataset's ids and the threshold they were evaluated at."""
+
+    supercategories: list[str] = Field(default_factory=list)
+    attributes: list[str] = Field(default_factory=list)
+    attribute_ids: list[int] = Field(default_factory=list)
+    attribute_threshold: float = 0.5

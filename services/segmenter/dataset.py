@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
-from detectron2.data.datasets import load_coco_json
 
-from services.detector.dataset import with_masks
+from services.rcnn.dataset import Records
+from services.rcnn.dataset import register as register_coco
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,20 @@ def read_taxonomy(json_file: Path) -> Taxonomy:
 def register(name: str, json_file: Path, image_root: Path) -> Taxonomy:
     """Register (or re-register) a COCO + attributes file; returns its classes and attributes."""
     taxonomy = read_taxonomy(json_file)
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
     index = {attribute_id: i for i, attribute_id in enumerate(taxonomy.attribute_ids)}
 
-    def load() -> list[dict[str, Any]]:
-        records = with_masks(load_coco_json(str(json_file), str(image_root), name, ["attribute_ids"]))
+    def attribute_indices(records: Records) -> Records:
         for record in records:
             for annotation in record["annotations"]:
                 annotation["attribute_index"] = [index[a] for a in annotation.get("attribute_ids") or []]
         return records
 
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        json_file=str(json_file),
-        image_root=str(image_root),
-        evaluator_type="coco",
-        thing_classes=taxonomy.classes,
+    register_coco(
+        name,
+        json_file,
+        image_root,
+        extra_keys=["attribute_ids"],
+        prepare=attribute_indices,
         attribute_classes=taxonomy.attributes,
     )
     return taxonomy

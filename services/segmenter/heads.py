@@ -40,7 +40,7 @@ def add_attribute_config(cfg: CfgNode) -> None:
     cfg.MODEL.ROI_ATTRIBUTE_HEAD.POOLER_SAMPLING_RATIO = 2
 
 
-class TextureHead(nn.Module):
+class TextureHead(nn.Module):  # type: ignore[misc, unused-ignore]  # torch is Any where not installed
     """Convolutions over the pooled region, then each channel's spatial mean and maximum."""
 
     def __init__(self, channels: int, dim: int, convs: int, norm: str) -> None:
@@ -74,7 +74,7 @@ class AttributeROIHeads(StandardROIHeads):  # type: ignore[misc]
     Inference adds ``attribute_scores`` (N × attributes, sigmoid) to every predicted instance.
     """
 
-    @configurable
+    @configurable  # type: ignore[untyped-decorator, unused-ignore]
     def __init__(
         self,
         *,

@@ -17,59 +17,75 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 from common.errors import ArtifactError
-from services.base import Prediction, ServiceSpec, latest_version_dir
-from services.detector.model import RCNNModel
+from common.outputs import (
+    LOWER_BODY,
+    REGIONS,
+    UPPER_BODY,
+    WHOLE_BODY,
+    Attribute,
+    BodyRegion,
+    Colour,
+    Garment,
+    Regions,
+    Segmentation,
+)
+from services.base import Prediction, latest_version_factory
 from services.properties.colours import dominant_colours
+from services.rcnn.model import RCNNModel
 from services.segmenter import heads
-from services.segmenter.config import SegmenterSettings, get_segmenter_settings
+from services.segmenter.config import SegmenterManifest, SegmenterSettings, get_segmenter_settings
 
-# the region map's indices; Fashionpedia's supercategories name the body part a garment covers
-REGIONS = ("background", "upper body", "lower body", "whole body")
-SUPERCATEGORY_REGION = {"upperbody": "upper body", "lowerbody": "lower body", "wholebody": "whole body"}
-REGION_COLOURS = ((0, 0, 0), (230, 97, 1), (94, 60, 153), (253, 184, 99))
+__all__ = ["REGIONS", "SegmenterModel", "build", "cutout", "garment_colours", "overlay", "region_map"]
+
+# Fashionpedia's supercategories name the body part a garment covers
+SUPERCATEGORY_REGION: dict[str, BodyRegion] = {
+    "upperbody": UPPER_BODY,
+    "lowerbody": LOWER_BODY,
+    "wholebody": WHOLE_BODY,
+}
+REGION_COLOURS = ((0, 0, 0), (230, 97, 1), (94, 60, 153), (253, 184, 99))  # of REGIONS, in order
 OVERLAY_ALPHA = 0.45
 MAX_COLOUR_PIXELS = 20_000
 
 
-class SegmenterModel(RCNNModel):
+class SegmenterModel(RCNNModel[SegmenterManifest, SegmenterSettings]):
     name = "segmenter"
+    manifest_type = SegmenterManifest
 
     def __init__(self, version_dir: Path, settings: SegmenterSettings | None = None) -> None:
-        self.segmenter_settings = settings or get_segmenter_settings()
-        self.regions: dict[str, str] = {}
-        super().__init__(version_dir, self.segmenter_settings)
+        super().__init__(version_dir, settings or get_segmenter_settings())
 
-    def load(self) -> None:
-        super().load()
-        # the body region of each category, from its supercategory in the training data
-        supercategories = self.manifest.get("supercategories") or []
-        self.regions = {
-            c: r
-            for c, s in zip(self.classes, supercategories, strict=False)
-            if (r := SUPERCATEGORY_REGION.get(s))
-        }
-        attributes = self.manifest.get("attributes") or []
-        assert self.cfg is not None
-        if self.cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES != len(attributes):
-            raise ArtifactError(
-                f"the config has {self.cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES} attributes, "
-                f"the manifest lists {len(attributes)}"
-            )
+    @property
+    def segmenter_settings(self) -> SegmenterSettings:
+        """``settings`` under the name it had before they were typed per service (bench/segmenter.py)."""
+        return self.settings
 
     @property
     def attributes(self) -> list[str]:
-        return list(self.manifest["attributes"])
+        return list(self.manifest.attributes)
 
     @property
     def attribute_threshold(self) -> float:
-        configured = self.segmenter_settings.attribute_threshold
-        return float(self.manifest.get("attribute_threshold", 0.5) if configured is None else configured)
-
-    def body_region(self, category: str) -> str | None:
-        return self.regions.get(category)
+        configured = self.settings.attribute_threshold
+        return self.manifest.attribute_threshold if configured is None else configured
 
     def _extend_cfg(self, cfg: CfgNode) -> None:
         heads.add_attribute_config(cfg)
+
+    def _check(self, cfg: CfgNode) -> None:
+        if cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES != len(self.attributes):
+            raise ArtifactError(
+                f"the config has {cfg.MODEL.ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES} attributes, "
+                f"the manifest lists {len(self.attributes)}"
+            )
+
+    def _body_regions(self) -> dict[str, BodyRegion]:
+        """From each class's supercategory in the training data."""
+        return {
+            c: r
+            for c, s in zip(self.classes, self.manifest.supercategories, strict=False)
+            if (r := SUPERCATEGORY_REGION.get(s))
+        }
 
     def _predict(self, image: Image.Image, instances: Any) -> Prediction:
         garments = self.garments(instances)
@@ -79,41 +95,38 @@ class SegmenterModel(RCNNModel):
         for i, (garment, mask, scores) in enumerate(
             zip(garments, masks, instances.attribute_scores.numpy(), strict=True)
         ):
-            garment["attributes"] = [
-                {"name": self.attributes[a], "score": round(float(scores[a]), 4)}
+            garment.attributes = [
+                Attribute(name=self.attributes[a], score=round(float(scores[a]), 4))
                 for a in np.argsort(-scores, kind="stable")
                 if scores[a] >= self.attribute_threshold
             ]
-            garment["colours"] = garment_colours(rgb, mask, self.segmenter_settings.colours)
+            garment.colours = [Colour(**c) for c in garment_colours(rgb, mask, self.settings.colours)]
             if mask.any():
-                garment["cutout"] = f"cutout-{i}.png"
-                files[garment["cutout"]] = _png(cutout(rgb, mask))
-        regions = region_map(masks, [g["body_region"] for g in garments], instances.scores.numpy())
+                garment.cutout = f"cutout-{i}.png"
+                files[garment.cutout] = _png(cutout(rgb, mask))
+        regions = region_map(masks, [g.body_region for g in garments], instances.scores.numpy())
         files["regions.png"] = _png(regions)
         files["overlay.png"] = _png(overlay(image, masks, garments))
         counts = np.bincount(np.asarray(regions).ravel(), minlength=len(REGIONS))
         total = float(counts.sum())
         fractions = {name: round(float(c) / total, 6) for name, c in zip(REGIONS, counts, strict=True)}
-        output = {
-            "garments": garments,
-            "regions": {
-                "map": "regions.png",
-                "values": dict(enumerate(REGIONS)),
-                "fractions": fractions,
-            },
-            "overlay": "overlay.png",
-        }
-        return Prediction(output=output, files=files)
+        output = Segmentation(
+            garments=garments,
+            regions=Regions(map="regions.png", values=dict(enumerate(REGIONS)), fractions=fractions),
+            overlay="overlay.png",
+        )
+        return Prediction(output=output.dump(), files=files)
 
 
 def garment_colours(rgb: NDArray[np.uint8], mask: NDArray[np.bool_], k: int) -> list[dict[str, Any]]:
     """The ``properties`` colour analysis restricted to the garment's pixels (a fixed sample of at most
-    ``MAX_COLOUR_PIXELS`` of them, so a large garment costs what a small one does)."""
+    ``MAX_COLOUR_PIXELS`` of them, so a large garment costs what a small one does), as ``Colour``'s JSON
+    without ``lab``."""
     pixels = rgb[mask]
     if len(pixels) > MAX_COLOUR_PIXELS:
         pixels = pixels[np.linspace(0, len(pixels) - 1, MAX_COLOUR_PIXELS).astype(int)]
     return [
-        {"hex": c["hex"], "name": c["name"], "share": round(c["share"], 4)}
+        Colour(hex=c["hex"], name=c["name"], share=round(c["share"], 4)).dump()
         for c in dominant_colours(pixels, k)
     ]
 
@@ -135,13 +148,13 @@ def region_map(
     indices = np.zeros((height, width), dtype=np.uint8)
     for i in np.argsort(scores, kind="stable"):  # ascending: the best garment is painted last
         if regions[i] is not None:
-            indices[masks[i]] = REGIONS.index(regions[i])  # type: ignore[arg-type]
+            indices[masks[i]] = REGIONS.index(regions[i])
     picture = Image.fromarray(indices, "P")
     picture.putpalette([v for colour in REGION_COLOURS for v in colour])
     return picture
 
 
-def overlay(image: Image.Image, masks: NDArray[np.bool_], garments: list[dict[str, Any]]) -> Image.Image:
+def overlay(image: Image.Image, masks: NDArray[np.bool_], garments: list[Garment]) -> Image.Image:
     """The image with each garment's mask tinted, its box drawn and labelled, for people to look at."""
     base = np.asarray(image.convert("RGB")).astype(np.float32)
     palette = np.array(
@@ -154,10 +167,10 @@ def overlay(image: Image.Image, masks: NDArray[np.bool_], garments: list[dict[st
     pen = ImageDraw.Draw(picture)
     for i, garment in enumerate(garments):
         colour = tuple(int(v) for v in palette[i % len(palette)])
-        x1, y1, x2, y2 = garment["box"]
+        x1, y1, x2, y2 = garment.box
         pen.rectangle((x1, y1, x2, y2), outline=colour, width=2)
-        words = [garment["category"], *(a["name"] for a in garment.get("attributes", [])[:2])]
-        label = f"{', '.join(words)} {garment['score']:.2f}"
+        words = [garment.category, *(a.name for a in garment.attributes[:2])]
+        label = f"{', '.join(words)} {garment.score:.2f}"
         left, top, right, bottom = pen.textbbox((x1 + 2, y1 + 2), label)
         pen.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=colour)
         pen.text((x1 + 2, y1 + 2), label, fill=(255, 255, 255))
@@ -171,8 +184,4 @@ def _png(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def build(spec: ServiceSpec, repository: Path) -> SegmenterModel:
-    version_dir = latest_version_dir(repository / spec.name)
-    if version_dir is None:
-        raise ArtifactError(f"no segmenter version in {repository / spec.name}")
-    return SegmenterModel(version_dir)
+build = latest_version_factory(SegmenterModel)  # SPEC.model_path

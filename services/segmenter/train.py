@@ -1,6 +1,6 @@
 """``atelier segmenter train``: COCO-format garments with ``attribute_ids`` in, a segmenter version out.
 
-The detector's training (``services.detector.train``) with the attribute head (``heads.py``), a mapper
+The Detectron2 services' training (``services.rcnn.train``) with the attribute head (``heads.py``), a mapper
 that carries the attributes, and a second evaluator beside ``COCOEvaluator``: attribute precision,
 recall and F1 on the detections that match a ground-truth garment.
 """
@@ -8,6 +8,7 @@ recall and F1 on the detections that match a ground-truth garment.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,21 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from pycocotools import mask as mask_utils
 
-from services.detector.train import Trainer as DetectorTrainer
-from services.detector.train import _work, evaluate_version, make_cfg, run_training
-from services.segmenter.config import SegmenterTrainConfig
+from services.artifacts import read_manifest
+from services.rcnn.evaluate import evaluate_version
+from services.rcnn.masks import encode_masks
+from services.rcnn.train import Trainer as RCNNTrainer
+from services.rcnn.train import make_cfg, run_training, work_dir
+from services.segmenter.config import SegmenterManifest, SegmenterTrainConfig
 from services.segmenter.dataset import AttributeMapper, Taxonomy, register
 from services.segmenter.evaluate import Garment, combined_ap
 from services.segmenter.heads import NAME, add_attribute_config
 
-TRAIN, TEST = "atelier_segmenter_train", "atelier_segmenter_test"
+SERVICE = "segmenter"
+TRAIN, TEST, EVAL = "atelier_segmenter_train", "atelier_segmenter_test", "atelier_segmenter_eval"
 
 
-class Trainer(DetectorTrainer):
+class Trainer(RCNNTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
         return build_detection_train_loader(cfg, mapper=AttributeMapper(cfg, is_train=True))
@@ -70,26 +75,25 @@ def train(
     taxonomy = register(TRAIN, train_json, train_images)
     if register(TEST, test_json, test_images) != taxonomy:
         raise ValueError("the test set's categories or attributes differ from the training set's")
-    cfg = segmenter_cfg(config, taxonomy, TRAIN, TEST, _work(repository, "segmenter"))
-    described = {
-        "classes": taxonomy.classes,
-        "supercategories": taxonomy.supercategories,
-        "attributes": taxonomy.attributes,
-        "attribute_ids": taxonomy.attribute_ids,
-        "attribute_threshold": config.attribute_threshold,
-    }
-    return run_training(Trainer, cfg, config, "segmenter", described, repository, resume=resume)
+    cfg = segmenter_cfg(config, taxonomy, TRAIN, TEST, work_dir(repository, SERVICE))
+    describe = partial(
+        SegmenterManifest,
+        classes=taxonomy.classes,
+        supercategories=taxonomy.supercategories,
+        attributes=taxonomy.attributes,
+        attribute_ids=taxonomy.attribute_ids,
+        attribute_threshold=config.attribute_threshold,
+    )
+    return run_training(Trainer, cfg, config, SERVICE, describe, repository, resume=resume)
 
 
 def evaluate(version_dir: Path, test_json: Path, test_images: Path) -> dict[str, Any]:
     """Box and mask AP and attribute precision / recall / F1 of a published version on a dataset."""
-    import json
-
-    taxonomy = register("atelier_segmenter_eval", test_json, test_images)
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    if (taxonomy.classes, taxonomy.attributes) != (manifest["classes"], manifest["attributes"]):
+    taxonomy = register(EVAL, test_json, test_images)
+    manifest = read_manifest(SERVICE, version_dir, SegmenterManifest)
+    if (taxonomy.classes, taxonomy.attributes) != (manifest.classes, manifest.attributes):
         raise ValueError("the dataset's categories or attributes are not the version's")
-    return evaluate_version(version_dir, "atelier_segmenter_eval", Trainer, add_attribute_config)
+    return evaluate_version(version_dir, EVAL, Trainer, SegmenterManifest, add_attribute_config)
 
 
 class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
@@ -116,7 +120,7 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 "classes": instances.pred_classes.numpy(),
                 "scores": instances.scores.numpy(),
                 "attributes": instances.attribute_scores.numpy(),
-                "masks": _rle(instances.pred_masks.numpy()),
+                "masks": encode_masks(instances.pred_masks.numpy()),
             }
 
     def evaluate(self) -> OrderedDict[str, Any]:
@@ -208,15 +212,6 @@ class AttributeEvaluator(DatasetEvaluator):  # type: ignore[misc]
                 taken.add(g)
                 pairs.append((int(p), g))
         return pairs
-
-
-def _rle(masks: np.ndarray) -> list[dict[str, Any]]:
-    """COCO RLEs of N x H x W boolean masks."""
-    if not len(masks):
-        return []
-    stacked = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
-    encoded: list[dict[str, Any]] = mask_utils.encode(stacked)
-    return encoded
 
 
 def _truth(annotation: dict[str, Any], record: dict[str, Any], kind: str) -> Garment:

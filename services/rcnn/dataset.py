@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +13,51 @@ from detectron2.data.datasets import load_coco_json
 
 log = logging.getLogger(__name__)
 
+Records = list[dict[str, Any]]
 
-def register(name: str, json_file: Path, image_root: Path) -> list[str]:
+
+def classes_of(json_file: Path) -> list[str]:
+    """A COCO instances file's class names in contiguous order: its categories sorted by id."""
+    categories = sorted(json.loads(json_file.read_text())["categories"], key=lambda c: c["id"])
+    return [c["name"] for c in categories]
+
+
+def register(
+    name: str,
+    json_file: Path,
+    image_root: Path,
+    *,
+    extra_keys: Sequence[str] = (),
+    prepare: Callable[[Records], Records] | None = None,
+    **metadata: Any,
+) -> list[str]:
     """Register (or re-register) a COCO instances file; returns its class names in contiguous order.
 
     Class names come from the file's own categories, sorted by id: DeepFashion2's 13 in its order for the
-    converted dataset (``services.detector.convert``), whatever subset a test dataset uses.
+    converted dataset (``services.detector.convert``), whatever subset a test dataset uses. Annotations
+    keep ``extra_keys``; ``prepare`` then sees the records once garments without a polygon are dropped.
     """
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    categories = sorted(json.loads(json_file.read_text())["categories"], key=lambda c: c["id"])
-    classes = [c["name"] for c in categories]
-    DatasetCatalog.register(name, lambda: with_masks(load_coco_json(str(json_file), str(image_root), name)))
+    classes = classes_of(json_file)
+
+    def load() -> Records:
+        records = with_masks(load_coco_json(str(json_file), str(image_root), name, list(extra_keys)))
+        return prepare(records) if prepare is not None else records
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
-        json_file=str(json_file), image_root=str(image_root), evaluator_type="coco", thing_classes=classes
+        json_file=str(json_file),
+        image_root=str(image_root),
+        evaluator_type="coco",
+        thing_classes=classes,
+        **metadata,
     )
     return classes
 
 
-def with_masks(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_masks(records: Records) -> Records:
     """Drop the garments that have no polygon (the converter keeps them, counted): Detectron2 builds an
     image's masks only when its first annotation has one, and then expects one for every annotation."""
     dropped = 0
