@@ -20,7 +20,7 @@ SPEC = ServiceSpec(name="segmenter", model_path="services.segmenter.model:build"
 
 
 class SegmenterSettings(RCNNSettings):
-    """``ATELIER_SEGMENTER_*``: how the segmenter serves: the Detectron2 services' settings, plus its own."""
+    """``ATELIER_SEGMENTER_*``: how the segmenter serves."""
 
     model_config = SettingsConfigDict(env_prefix="ATELIER_SEGMENTER_", extra="ignore")
 
@@ -42,7 +42,7 @@ class SegmenterTrainConfig(TrainConfig):
     attribute_threshold: float = 0.5
     # the attribute classifier reads the box head's features (the Fashionpedia baseline) and, for N > 0, a
     # texture descriptor of N convolutions over a pooler of its own (heads.py): patterns need it
-    # (tests/segmenter: stripe F1 37 -> 75, plain 0 -> 80 at the CI budget); 0 for the baseline alone
+    # (tests/services/segmenter: stripe F1 37 -> 75, plain 0 -> 80 at the CI budget); 0 for the baseline alone
     attribute_convs: int = 2
 
 
