@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from common.errors import ArtifactError
+from common.settings import QueueSettings
 from services.artifacts import latest_version_dir, manifest_problem
 
 __all__ = [
@@ -83,9 +84,9 @@ class ServiceSpec:
     # the service that classifies the garment crops of this one's output ("garments", each with a "box")
     crops_to: str | None = None
 
-    def queue(self, queues: Any) -> str:
-        """Its queue's name: the ``QueueSettings`` field named after the service."""
-        return str(getattr(queues, self.name))
+    def queue(self, queues: QueueSettings) -> str:
+        """Its queue's name: its own, unless ``ATELIER_QUEUES__<NAME>`` says otherwise."""
+        return queues.for_service(self.name)
 
     def availability(self, repository: Path) -> Availability:
         """Built-in analysers are always available; model services need ``<repo>/<name>/<version>/``."""
