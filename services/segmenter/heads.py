@@ -126,10 +126,11 @@ class AttributeROIHeads(StandardROIHeads):  # type: ignore[misc]
     def _attribute_logits(
         self, features: dict[str, torch.Tensor], boxes: list[Any], box_features: torch.Tensor
     ) -> torch.Tensor:
-        if self.texture_head is None or self.attribute_pooler is None:
-            return self.attribute_predictor(box_features)
-        pooled = self.attribute_pooler([features[f] for f in self.box_in_features], boxes)
-        return self.attribute_predictor(torch.cat([box_features, self.texture_head(pooled)], dim=1))
+        if self.texture_head is not None and self.attribute_pooler is not None:
+            pooled = self.attribute_pooler([features[f] for f in self.box_in_features], boxes)
+            box_features = torch.cat([box_features, self.texture_head(pooled)], dim=1)
+        logits: torch.Tensor = self.attribute_predictor(box_features)
+        return logits
 
     def _forward_box(
         self, features: dict[str, torch.Tensor], proposals: list[Instances]
@@ -147,7 +148,7 @@ class AttributeROIHeads(StandardROIHeads):  # type: ignore[misc]
             scores = torch.sigmoid(logits)
         else:
             scores = box_features.new_zeros((0, self.num_attributes))
-        per_image = scores.split([len(b) for b in boxes])
+        per_image = torch.split(scores, [len(b) for b in boxes])
         for image_instances, image_scores in zip(instances, per_image, strict=True):
             image_instances.attribute_scores = image_scores
         return list(instances)
