@@ -44,8 +44,8 @@ from common.settings import get_settings
 from db.session import get_engine
 from services.classifier.config import FASHION_HEADS, TrainConfig
 from services.classifier.preprocess import PREPROCESSING, Box, crop, preprocess, preprocess_batch
+from synthetic.garments import draw
 from synthetic.imageserver import serve
-from tests.classifier.garments import draw
 from worker.settings import get_worker_settings
 
 if TYPE_CHECKING:

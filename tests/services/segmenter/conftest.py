@@ -1,22 +1,22 @@
-"""The segmenter's tests run in the torch environment (.venv-torch); elsewhere they are skipped. One
-small attribute Mask R-CNN is trained per run and shared."""
+"""The segmenter's tests run in the torch environment (.venv-torch); elsewhere pytest leaves them out.
+One small attribute Mask R-CNN is trained per run and shared."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("detectron2", reason="the segmenter tests run in .venv-torch (scripts/test.sh)")
+from services.segmenter.config import PRESETS
+from synthetic.attribute_scenes import write_coco
+from tests.services.segmenter.support import SIZE, TrainedSegmenter
+from tests.support.infra import Infra
+from tests.support.training import allow_training_time, shortened
 
-from services.segmenter.config import PRESETS  # noqa: E402
-from tests.segmenter.scenes import write_coco  # noqa: E402
-from tests.support.infra import Infra  # noqa: E402
-from tests.support.training import allow_training_time, shortened  # noqa: E402
-
-SIZE = 192
+NEEDS_DETECTRON2 = ["test_evaluate.py", "test_heads.py", "test_postprocess.py", "test_segmenter.py"]
+collect_ignore = [] if importlib.util.find_spec("detectron2") else NEEDS_DETECTRON2
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch) with the attribute head, shortened
 SMALL = shortened(PRESETS["r18-fpn-scratch"], SIZE)
@@ -24,13 +24,6 @@ SMALL = shortened(PRESETS["r18-fpn-scratch"], SIZE)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     allow_training_time(items, Path(__file__).parent)
-
-
-@dataclass(frozen=True)
-class TrainedSegmenter:
-    version_dir: Path
-    test_json: Path
-    test_images: Path
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from pycocotools import mask as mask_util
 from common.errors import ArtifactError
 from services.segmenter.config import SegmenterSettings
 from services.segmenter.model import REGIONS, SegmenterModel
-from tests.segmenter.conftest import SIZE, TrainedSegmenter
+from tests.services.segmenter.support import SIZE, TrainedSegmenter
 from tests.support.infra import Infra
 from tests.support.jobs import wait_for_job
 

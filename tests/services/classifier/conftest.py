@@ -1,31 +1,26 @@
-"""The classifier's tests run in its own environment (.venv-classifier, with TensorFlow); elsewhere
-they are skipped. One small model is trained per run and shared by every test that needs it."""
+"""The classifier's tests that need TensorFlow run in its own environment (.venv-classifier); elsewhere
+pytest leaves them out. The others (the training data's reader) need no framework and run in .venv
+(scripts/test.sh). One small model is trained per run and shared by every test that needs it."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-pytest.importorskip("tensorflow", reason="the classifier tests run in .venv-classifier (scripts/test.sh)")
+from services.classifier.config import TrainConfig
+from synthetic.garments import HEADS, write_dataset
+from tests.services.classifier.support import Trained
+from tests.support.infra import Infra
 
-from services.classifier.config import TrainConfig  # noqa: E402
-from tests.classifier.garments import HEADS, write_dataset  # noqa: E402
-from tests.support.infra import Infra  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+NEEDS_TENSORFLOW = ["test_artifacts.py", "test_pipeline.py", "test_train.py"]
+collect_ignore = [] if importlib.util.find_spec("tensorflow") else NEEDS_TENSORFLOW
 
 NOTOP = "vgg19-imagenet-notop"
-
-
-@dataclass(frozen=True)
-class Trained:
-    version_dir: Path
-    data_dir: Path
-    heldout_dir: Path
-    config: TrainConfig
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFilter
 SHAPES = {1: "short sleeve top", 8: "trousers", 10: "short sleeve dress"}
 
 
-def _polygon(category: int, x: float, y: float, s: float) -> list[tuple[float, float]]:
+def polygon(category: int, x: float, y: float, s: float) -> list[tuple[float, float]]:
     """The silhouette's outline in a box of side ``s`` at (x, y)."""
     if category == 1:  # a T: body and two sleeves
         return [
@@ -64,7 +64,7 @@ def scene(rng: np.random.Generator, size: int = 256) -> tuple[Image.Image, list[
         s = float(rng.uniform(0.28, 0.45)) * size
         x = (cell % 2) * size / 2 + float(rng.uniform(0, size / 2 - s))
         y = (cell // 2) * size / 2 + float(rng.uniform(0, size / 2 - s))
-        outline = _polygon(category, x, y, s)
+        outline = polygon(category, x, y, s)
         colour = tuple(int(v) for v in (255 - background + rng.integers(-40, 40, 3)) % 256)
         pen.polygon(outline, fill=colour)
         xs, ys = [p[0] for p in outline], [p[1] for p in outline]

@@ -9,8 +9,8 @@ from PIL import Image
 
 from services.classifier.data import read_styles
 from services.classifier.model import ClassifierModel
-from tests.classifier.conftest import Trained
-from tests.classifier.garments import HEADS
+from synthetic.garments import HEADS
+from tests.services.classifier.support import Trained
 
 # stated accuracies on 100 held-out generated garments (measured 1.0 on every head when written)
 REQUIRED_ACCURACY = {"articleType": 0.9, "baseColour": 0.95, "gender": 0.85, "usage": 0.85}

@@ -1,7 +1,7 @@
 """Detectron2 as deploy/detectron2/install.sh installs it from the patched pb1-detectron2 sdist.
 
-They run where it is installed: ``.venv-torch/bin/python -m pytest tests/detector``. The tests of
-patch.py itself need no detectron2, but this directory's conftest skips it all elsewhere.
+They run where it is installed: ``.venv-torch/bin/python -m pytest tests/services/detector``. The tests
+of patch.py itself need no detectron2, but this directory's conftest leaves the module out elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
-PATCH_PY = Path(__file__).resolve().parents[2] / "deploy" / "detectron2" / "patch.py"
+PATCH_PY = Path(__file__).resolve().parents[3] / "deploy" / "detectron2" / "patch.py"
 MASK_RCNN = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 SCRATCH_GN = "Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml"
 REMOVED_NUMPY_ALIAS = re.compile(r"\bnp\.(bool|int|float|complex|object|str|long|unicode)\b")
@@ -36,9 +36,10 @@ patch = _load_patch_module()
 
 @pytest.fixture(scope="module")
 def d2() -> ModuleType:
-    return pytest.importorskip(
+    module: ModuleType = pytest.importorskip(
         "detectron2", reason="detectron2 is installed in .venv-torch by deploy/detectron2/install.sh"
     )
+    return module
 
 
 @pytest.fixture

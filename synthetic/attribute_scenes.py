@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from tests.detector.scenes import _polygon
-from tests.detector.scenes import write_coco as write_scenes
+from synthetic.scenes import polygon
+from synthetic.scenes import write_coco as write_scenes
 
-CATEGORIES = {1: "top", 8: "pants", 10: "dress"}  # drawn with the detector scenes' silhouettes
+CATEGORIES = {1: "top", 8: "pants", 10: "dress"}  # drawn with the silhouettes of ``scenes``
 SUPERCATEGORIES = {1: "upperbody", 8: "lowerbody", 10: "wholebody"}  # as Fashionpedia names them
 # ids as sparse as Fashionpedia's; names of its kind
 ATTRIBUTES = {115: "plain (pattern)", 142: "stripe", 150: "dot", 307: "maxi (length)", 317: "mini (length)"}
@@ -49,7 +49,7 @@ def scene(rng: np.random.Generator, size: int = 192) -> tuple[Image.Image, list[
         s = float(rng.uniform(0.36, 0.46)) * size
         x = (cell % 2) * size / 2 + float(rng.uniform(0, size / 2 - s))
         y = (cell // 2) * size / 2 + float(rng.uniform(0, size / 2 - s))
-        outline = _polygon(category, x, y, s)
+        outline = polygon(category, x, y, s)
         if length == 317:  # short: the same silhouette squashed to 55 % of its height
             outline = [(px, y + 0.55 * (py - y)) for px, py in outline]
         colour = tuple(int(v) for v in (255 - background + rng.integers(-30, 30, 3)) % 256)

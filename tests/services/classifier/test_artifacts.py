@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from common.errors import ArtifactError
 from services.classifier.model import ClassifierModel
 from services.classifier.preprocess import crop, preprocess
-from tests.classifier.conftest import Trained
+from tests.services.classifier.support import Trained
 
 
 @pytest.fixture
@@ -23,8 +24,8 @@ def copy(trained: Trained, tmp_path: Path) -> Path:
     return target
 
 
-def _manifest(version_dir: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((version_dir / "manifest.json").read_text())
+def _manifest(version_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((version_dir / "manifest.json").read_text()))
 
 
 def test_a_missing_model_file_is_refused(copy: Path) -> None:

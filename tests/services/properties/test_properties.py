@@ -16,7 +16,7 @@ from services.properties.colours import hex_to_rgb
 from services.properties.config import PROPERTIES_VERSION, SPEC
 from services.properties.model import PropertiesModel, build
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

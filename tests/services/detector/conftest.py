@@ -1,26 +1,26 @@
-"""The detector's tests run in the torch environment (.venv-torch, Detectron2 from deploy/detectron2);
-elsewhere they are skipped. One small detector is trained per run and shared."""
+"""The detector's tests that need Detectron2 run in the torch environment (.venv-torch, Detectron2 from
+deploy/detectron2); elsewhere pytest leaves them out. The DeepFashion2 converter's need no framework and
+run in .venv (scripts/test.sh). One small detector is trained per run and shared."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("detectron2", reason="the detector tests run in .venv-torch (scripts/test.sh)")
+from services.detector.config import PRESETS
+from synthetic.scenes import write_coco
+from tests.services.detector.support import ROOT, SIZE, RunClassifier, TrainedDetector
+from tests.support.infra import Infra
+from tests.support.training import allow_training_time, shortened
 
-from services.detector.config import PRESETS  # noqa: E402
-from tests.detector.scenes import write_coco  # noqa: E402
-from tests.support.infra import Infra  # noqa: E402
-from tests.support.training import allow_training_time, shortened  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-SIZE = 192  # generated scenes, shorter side at training and test time
+NEEDS_DETECTRON2 = ["test_detector.py", "test_detectron2_install.py", "test_pipeline.py"]
+collect_ignore = [] if importlib.util.find_spec("detectron2") else NEEDS_DETECTRON2
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
 SMALL = shortened(PRESETS["r18-fpn-scratch"], SIZE)
@@ -28,13 +28,6 @@ SMALL = shortened(PRESETS["r18-fpn-scratch"], SIZE)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     allow_training_time(items, Path(__file__).parent)
-
-
-@dataclass(frozen=True)
-class TrainedDetector:
-    version_dir: Path
-    test_json: Path
-    test_images: Path
 
 
 @pytest.fixture(scope="session")
@@ -51,8 +44,9 @@ def trained_detector(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> 
     return TrainedDetector(version_dir, test_json, test_dir / "images")
 
 
+@pytest.fixture(scope="session")
 def classifier_python() -> Path:
-    """The classifier's own interpreter (TensorFlow never loads beside torch)."""
+    """The classifier's own interpreter (TensorFlow never loads beside torch); skips without one."""
     configured = os.environ.get("ATELIER_CLASSIFIER_PYTHON")
     path = Path(configured) if configured else ROOT / ".venv-classifier" / "bin" / "python"
     if not path.exists():
@@ -60,22 +54,30 @@ def classifier_python() -> Path:
     return path
 
 
-def run_classifier(*args: str) -> str:
-    """``atelier <args>`` in the classifier's environment, with this session's settings; its stdout."""
-    done = subprocess.run(
-        [str(classifier_python()), "-m", "atelier", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+@pytest.fixture(scope="session")
+def run_classifier(classifier_python: Path) -> RunClassifier:
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [str(classifier_python), "-m", "atelier", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    return run
 
 
 @pytest.fixture(scope="session")
-def crop_classifier(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def crop_classifier(
+    infra: Infra,
+    tmp_path_factory: pytest.TempPathFactory,
+    classifier_python: Path,
+    run_classifier: RunClassifier,
+) -> Path:
     """A small classifier version (generated garments, 32 px, from scratch) trained in its own environment:
     what the detector's garment crops go to."""
     from common.settings import get_settings
@@ -83,9 +85,9 @@ def crop_classifier(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> P
     data = tmp_path_factory.mktemp("garments")
     subprocess.run(
         [
-            str(classifier_python()),
+            str(classifier_python),
             "-c",
-            "from pathlib import Path; from tests.classifier.garments import write_dataset; "
+            "from pathlib import Path; from synthetic.garments import write_dataset; "
             f"write_dataset(Path({str(data)!r}), 120, 0)",
         ],
         cwd=ROOT,

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from tests.classifier.conftest import Trained
+from tests.services.classifier.support import Trained
 from tests.support.infra import Infra
 from tests.support.jobs import wait_for_job
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.detector.conftest import TrainedDetector, classifier_python, run_classifier
+from tests.services.detector.support import RunClassifier, TrainedDetector
 from tests.support.infra import Infra
 from tests.support.jobs import wait_for_job
 
@@ -23,7 +23,7 @@ SCENES = 12
 
 @pytest.fixture(scope="module")
 def served(
-    trained_detector: TrainedDetector, crop_classifier: Path, infra: Infra
+    trained_detector: TrainedDetector, crop_classifier: Path, classifier_python: Path, infra: Infra
 ) -> Iterator[list[dict[str, Any]]]:
     """One job of held-out scenes through gateway → fetch → detector worker → classifier worker → Postgres."""
     from atelier.stack import Stack, WorkerPlan
@@ -32,7 +32,7 @@ def served(
     workers = (
         WorkerPlan(None, concurrency=4, pool="threads"),
         WorkerPlan("detector", python=sys.executable),
-        WorkerPlan("classifier", python=str(classifier_python())),
+        WorkerPlan("classifier", python=str(classifier_python)),
     )
     names = [i["file_name"] for i in json.loads(trained_detector.test_json.read_text())["images"]][:SCENES]
     files = [("files", (n, (trained_detector.test_images / n).read_bytes(), "image/jpeg")) for n in names]
@@ -76,7 +76,10 @@ def test_served_detections_equal_the_evaluators(
 
 
 def test_each_garment_crop_is_classified_by_the_classifier(
-    trained_detector: TrainedDetector, crop_classifier: Path, served: list[dict[str, Any]]
+    trained_detector: TrainedDetector,
+    crop_classifier: Path,
+    run_classifier: RunClassifier,
+    served: list[dict[str, Any]],
 ) -> None:
     view = next(v for v in served if len(v["record"]["detector"]["garments"]) >= 2)
     detector = view["record"]["detector"]

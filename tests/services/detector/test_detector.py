@@ -16,7 +16,7 @@ from PIL import Image
 from common.errors import ArtifactError
 from services.detector.config import PRESETS, DetectorSettings
 from services.detector.model import DetectorModel
-from tests.detector.conftest import ROOT, SIZE, TrainedDetector
+from tests.services.detector.support import ROOT, SIZE, TrainedDetector
 
 # box AP50 (COCO, %) on 40 held-out generated scenes after 300 iterations from scratch (400: 99.9)
 REQUIRED_BOX_AP50 = 80.0
