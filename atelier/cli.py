@@ -67,9 +67,11 @@ def worker(
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     from common.errors import ArtifactError
-    from worker import monitoring
+    from worker import (
+        monitoring,
+        tasks,  # noqa: F401  (registers the tasks with the app)
+    )
     from worker.celery_app import app as celery_app
-    from worker import tasks  # noqa: F401  (registers the tasks with the app)
     from worker.serving import report_served, served_model
 
     if service is not None:
@@ -154,8 +156,7 @@ def classifier_train(
         fields["weights"] = None if weights == "none" else weights
     with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars; stdout is for the JSON
         version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
+    _print_version(version_dir)
 
 
 @classifier_app.command("predict")
@@ -308,13 +309,12 @@ def _train_and_report(train: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
         version_dir = train(get_settings().model_repository)
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest["metrics"]})
+    _print_version(version_dir)
 
 
 def _evaluate_and_report(service: str, version: str | None, evaluate: Any) -> None:
     from common.settings import get_settings
-    from services.base import latest_version_dir
+    from services.artifacts import latest_version_dir
 
     model_dir = get_settings().model_repository / service
     version_dir = model_dir / version if version else latest_version_dir(model_dir)
@@ -324,6 +324,14 @@ def _evaluate_and_report(service: str, version: str | None, evaluate: Any) -> No
     with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON
         metrics = evaluate(version_dir)
     _print_json({"version": version_dir.name, "metrics": metrics})
+
+
+def _print_version(version_dir: Path) -> None:
+    """A newly published version and its metrics, as JSON on stdout."""
+    from services.artifacts import Manifest, read_manifest
+
+    manifest = read_manifest(version_dir.parent.name, version_dir, Manifest)
+    _print_json({"version": version_dir.name, "path": str(version_dir), "metrics": manifest.metrics})
 
 
 def _print_json(value: Any) -> None:

@@ -81,7 +81,6 @@ SET_ELSEWHERE: dict[str, str] = {
     "ATELIER_WORKER_SERVICE": "Set by `atelier worker --service NAME`, never here.",
     "ATELIER_GATEWAY_HOST": "Given on the gateway's command line in the containers.",
     "ATELIER_GATEWAY_PORT": "Given on the gateway's command line in the containers.",
-    "ATELIER_CLASSIFIER_PYTHON": "The embedded stack's (`atelier up`), never a container's.",
 }
 
 # What every container runs with, compose and Kubernetes alike, where it is not the code's default.

@@ -45,7 +45,7 @@ def model_workers(repository: Path) -> tuple[WorkerPlan, ...]:
 
     plans = []
     for name, spec in SERVICES.items():
-        if spec.builtin_version is not None or not spec.availability(repository).available:
+        if spec.builtin_version is not None or not spec.local_version(repository).available:
             continue
         python = service_python(name)
         if python is None:

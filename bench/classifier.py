@@ -12,7 +12,6 @@ number is a ratio or a per-image cost taken in this run. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -157,28 +156,28 @@ def write_artifact(repository: Path) -> Path:
     evaluation (random weights have nothing to report)."""
     import keras
 
-    from common.blobstore import sha256_file
-    from services.classifier.model import MANIFEST, MODEL_FILE
+    from services.artifacts import hash_files, write_manifest
+    from services.classifier.config import MODEL_FILE, ClassifierManifest
 
     keras.utils.set_random_seed(CONFIG.seed)
     heads = {head: [f"class{i}" for i in range(size)] for head, size in HEAD_SIZES.items()}
     version_dir = repository / "classifier" / "1"
     version_dir.mkdir(parents=True)
     network(heads).save(version_dir / MODEL_FILE)
-    manifest = {
-        "name": "classifier",
-        "framework": "keras",
-        "framework_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "backbone": "vgg19",
-        "heads": heads,
-        "input_size": list(CONFIG.input_size),
-        "preprocessing": PREPROCESSING,
-        "embedding_dim": CONFIG.embedding_dim,
-        "train_config": CONFIG.model_dump(mode="json"),
-        "files": {MODEL_FILE: sha256_file(version_dir / MODEL_FILE)},
-    }
-    (version_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest = ClassifierManifest(
+        name="classifier",
+        framework="keras",
+        framework_version=keras.__version__,
+        backend=keras.backend.backend(),
+        backbone="vgg19",
+        heads=heads,
+        input_size=CONFIG.input_size,
+        preprocessing=PREPROCESSING,
+        embedding_dim=CONFIG.embedding_dim,
+        train_config=CONFIG.model_dump(mode="json"),
+        files=hash_files(version_dir, (MODEL_FILE,)),
+    )
+    write_manifest(version_dir, manifest)
     return version_dir
 
 

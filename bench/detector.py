@@ -14,7 +14,6 @@ photo with that many garments. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -35,13 +34,14 @@ from bench import orchestration
 from bench.pipeline import THREAD_VARIABLES, _interrupt, _progress, _table, emit
 from bench.servers import bench_home, configure, embedded_servers
 from bench.synthetic import garment_jpegs
-from common.blobstore import sha256_file
 from common.images import decode_image
 from common.settings import get_settings
+from services.artifacts import hash_files, write_manifest
 from services.detector.categories import CATEGORIES
 from services.detector.config import PRESETS, DetectorSettings
-from services.detector.model import CONFIG, MANIFEST, WEIGHTS, DetectorModel
+from services.detector.model import DetectorModel
 from services.detector.train import make_cfg
+from services.rcnn.config import CONFIG, WEIGHTS, RCNNManifest
 from synthetic.imageserver import serve
 from worker.settings import get_worker_settings
 
@@ -150,9 +150,10 @@ def save_random_version(version_dir: Path, cfg: Any, described: dict[str, Any]) 
         "torch_version": torch.__version__,
         **described,
         "score_threshold": 0.0,
-        "files": {name: sha256_file(version_dir / name) for name in (WEIGHTS, CONFIG)},
+        "files": hash_files(version_dir, (WEIGHTS, CONFIG)),
     }
-    (version_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    # the segmenter's own fields (attributes, ...) ride along as the manifest's extra keys
+    write_manifest(version_dir, RCNNManifest.model_validate(manifest))
     return version_dir
 
 

@@ -78,7 +78,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         }
         _progress("(2) the attribute head's texture descriptor: predict at batch 1 with and without it")
         baseline = write_artifact(home / "models", attribute_convs=0, version="2")
-        models = {"with": model, "without": SegmenterModel(baseline, model.segmenter_settings)}
+        models = {"with": model, "without": SegmenterModel(baseline, model.settings)}
         models["without"].load()
         texture = interleaved(models, images[:IMAGES_PER_ROUND], args.rounds, args.device)
         worker = None

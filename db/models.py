@@ -26,10 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from common.outputs import EMBEDDING_DIM
 from common.schemas import ItemStatus
-
-EMBEDDING_DIM = 512
-
 
 _uuid7_lock = threading.Lock()
 _uuid7_last = [0, 0]  # last millisecond, counter within it

@@ -17,6 +17,10 @@ VENV=.venv-torch bash deploy/detectron2/install.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy .
+# mypy strict again where each framework is installed, for the code that imports it
+.venv-classifier/bin/mypy services/classifier bench/classifier.py tests/services/classifier
+.venv-torch/bin/mypy services/rcnn services/detector services/segmenter bench/detector.py bench/segmenter.py \
+  tests/services/detector tests/services/segmenter
 .venv/bin/lint-imports
 .venv/bin/atelier config check  # .env.example, compose and the ConfigMap have the settings classes' defaults
 .venv/bin/python -m pytest -q "$@"

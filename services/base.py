@@ -22,11 +22,10 @@ from common.settings import QueueSettings
 from services.artifacts import latest_version_dir, manifest_problem
 
 __all__ = [
-    "Availability",
+    "LocalVersion",
     "Model",
     "Prediction",
     "ServiceSpec",
-    "latest_version_dir",  # where it lived before services.artifacts; atelier's CLI imports it from here
     "latest_version_factory",
 ]
 
@@ -35,7 +34,10 @@ if TYPE_CHECKING:  # the gateway reads specs without Pillow installed
 
 
 @dataclass(frozen=True)
-class Availability:
+class LocalVersion:
+    """The version a worker of this service would load from the model repository, or why none.
+    (Which version the pipeline routes to is another question: ``db.versions``.)"""
+
     available: bool
     version: str | None
     reason: str | None = None
@@ -88,22 +90,22 @@ class ServiceSpec:
         """Its queue's name: its own, unless ``ATELIER_QUEUES__<NAME>`` says otherwise."""
         return queues.for_service(self.name)
 
-    def availability(self, repository: Path) -> Availability:
+    def local_version(self, repository: Path) -> LocalVersion:
         """Built-in analysers are always available; model services need ``<repo>/<name>/<version>/``."""
         if self.builtin_version is not None:
-            return Availability(True, self.builtin_version)
+            return LocalVersion(True, self.builtin_version)
         version_dir = latest_version_dir(repository / self.name)
         if version_dir is None:
-            return Availability(False, None, f"no model artifact in {repository / self.name}")
+            return LocalVersion(False, None, f"no model artifact in {repository / self.name}")
         if (problem := manifest_problem(version_dir)) is not None:
-            return Availability(False, None, problem)
-        return Availability(True, version_dir.name)
+            return LocalVersion(False, None, problem)
+        return LocalVersion(True, version_dir.name)
 
     def build(self, repository: Path) -> Model:
         """Import and construct the model; refuses at once when its artifact is not there."""
-        availability = self.availability(repository)
-        if not availability.available:
-            raise ArtifactError(f"cannot serve {self.name}: {availability.reason}")
+        local = self.local_version(repository)
+        if not local.available:
+            raise ArtifactError(f"cannot serve {self.name}: {local.reason}")
         module_name, _, attr = self.model_path.partition(":")
         factory: Callable[[ServiceSpec, Path], Model] = getattr(importlib.import_module(module_name), attr)
         return factory(self, repository)

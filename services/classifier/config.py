@@ -40,11 +40,6 @@ class ClassifierSettings(BaseSettings):
         description="Where Keras keeps downloaded weights (the zoo's cache, training only); unset: Keras' "
         "own, ~/.keras.",
     )
-    python: Path | None = Field(
-        default=None,
-        description="The classifier environment's interpreter (TensorFlow lives there), for the embedded "
-        "stack (`atelier up`).",
-    )
 
 
 @lru_cache

@@ -19,7 +19,7 @@ from PIL import Image
 
 from common.errors import ArtifactError
 from common.outputs import EMBEDDING_DIM, Classification, HeadPrediction, LabelScore
-from services.artifacts import MANIFEST, read_manifest, verify_files
+from services.artifacts import read_manifest, verify_files
 from services.base import Model, Prediction, latest_version_factory
 from services.classifier.config import (
     MODEL_FILE,
@@ -29,7 +29,7 @@ from services.classifier.config import (
 )
 from services.classifier.preprocess import Box, crop, preprocess_batch
 
-__all__ = ["MANIFEST", "MODEL_FILE", "ClassifierModel", "build", "build_network", "check_heads"]
+__all__ = ["ClassifierModel", "build", "build_network", "check_heads"]
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.outputs import BodyRegion
-from services.artifacts import MANIFEST
 from services.base import latest_version_factory
 from services.detector.categories import BODY_REGION
 from services.detector.config import DetectorSettings, get_detector_settings
-from services.rcnn.config import CONFIG, WEIGHTS, RCNNManifest
+from services.rcnn.config import RCNNManifest
 from services.rcnn.model import RCNNModel
 
-# the version's file names, for the bench's hand-made versions
-__all__ = ["CONFIG", "MANIFEST", "WEIGHTS", "DetectorModel", "build"]
+__all__ = ["DetectorModel", "build"]
 
 
 class DetectorModel(RCNNModel[RCNNManifest, DetectorSettings]):

@@ -56,11 +56,6 @@ class SegmenterModel(RCNNModel[SegmenterManifest, SegmenterSettings]):
         super().__init__(version_dir, settings or get_segmenter_settings())
 
     @property
-    def segmenter_settings(self) -> SegmenterSettings:
-        """``settings`` under the name it had before they were typed per service (bench/segmenter.py)."""
-        return self.settings
-
-    @property
     def attributes(self) -> list[str]:
         return list(self.manifest.attributes)
 

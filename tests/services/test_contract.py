@@ -32,7 +32,7 @@ def test_a_service_without_its_artifact_is_unavailable_and_refuses_to_build(
     name: str, tmp_path: Path
 ) -> None:
     spec = get_spec(name)
-    availability = spec.availability(tmp_path)
+    availability = spec.local_version(tmp_path)
     assert not availability.available
     assert str(tmp_path / name) in (availability.reason or "")
     with pytest.raises(ArtifactError, match=f"cannot serve {name}"):
@@ -45,9 +45,9 @@ def test_the_newest_numbered_version_with_a_manifest_is_served(name: str, tmp_pa
         (tmp_path / name / version).mkdir(parents=True)
         (tmp_path / name / version / "manifest.json").write_text(json.dumps({"version": version}))
     (tmp_path / name / "latest-draft").mkdir()
-    assert get_spec(name).availability(tmp_path).version == "12"
+    assert get_spec(name).local_version(tmp_path).version == "12"
     (tmp_path / name / "12" / "manifest.json").write_text("{not json")
-    assert "unreadable manifest" in (get_spec(name).availability(tmp_path).reason or "")
+    assert "unreadable manifest" in (get_spec(name).local_version(tmp_path).reason or "")
 
 
 @pytest.mark.parametrize("name", BUILTIN)

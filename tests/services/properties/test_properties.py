@@ -73,8 +73,8 @@ def _assert_plain_json(value: Any) -> None:
 
 def test_spec_names_a_builtin_analyser_served_by_this_module(tmp_path: Path) -> None:
     assert SPEC.name == "properties"
-    assert SPEC.availability(tmp_path).available
-    assert SPEC.availability(tmp_path).version == PROPERTIES_VERSION
+    assert SPEC.local_version(tmp_path).available
+    assert SPEC.local_version(tmp_path).version == PROPERTIES_VERSION
 
     built = SPEC.build(tmp_path)
 

@@ -5,6 +5,7 @@ descriptor."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ SIZE = 96
 TAXONOMY = Taxonomy(["top", "pants"], ["upperbody", "lowerbody"], ["stripe", "dot", "mini"], [142, 150, 317])
 
 
-def _model(convs: int, tmp_path: Path) -> torch.nn.Module:
+def _model(convs: int, tmp_path: Path) -> Any:  # a GeneralizedRCNN: Detectron2 ships no type hints
     config = shortened(PRESETS["r18-fpn-scratch"], SIZE).model_copy(update={"attribute_convs": convs})
     cfg = segmenter_cfg(config, TAXONOMY, "unused-train", "unused-test", tmp_path)
     cfg.MODEL.DEVICE = "cpu"
