@@ -436,7 +436,7 @@ def analyze(
         failures = [
             f"failed {v.url or v.filename}: {v.error.code}: {v.error.detail}" for v in views if v.error
         ]
-        note = "\n".join([*failures, *_skipped_notes(views)])
+        note = "\n".join([*failures, *_skipped_notes(views, stack.not_started)])
         err.print(
             f"{len(views)} images: {done} done, {len(views) - done} failed" + (f"\n{note}" if note else "")
         )
@@ -533,13 +533,16 @@ def _named_shares(colours: list[dict[str, Any]]) -> list[tuple[str, float]]:
     return sorted(shares.items(), key=lambda kv: -kv[1])
 
 
-def _skipped_notes(views: list[ImageView]) -> list[str]:
-    """Unavailable models are reported once, not on every row."""
+def _skipped_notes(views: list[ImageView], not_started: dict[str, str]) -> list[str]:
+    """Unavailable models are reported once, not on every row, with why this stack runs no worker of
+    them where it knows."""
     reasons: dict[str, str] = {}
     for v in views:
         for name, state in v.models.items():
             if state.status == "skipped":
                 reasons[name] = state.reason or "unavailable"
+                if name in not_started:
+                    reasons[name] += f"; not started here: {not_started[name]}"
     return [f"skipped {name}: {reason}" for name, reason in sorted(reasons.items())]
 
 

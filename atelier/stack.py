@@ -39,22 +39,25 @@ DEFAULT_WORKERS = (WorkerPlan(None, concurrency=8, pool="threads"), WorkerPlan("
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def model_workers(repository: Path) -> tuple[WorkerPlan, ...]:
-    """Workers for the model services whose artifact is present and whose environment is installed."""
+def model_workers(repository: Path) -> tuple[tuple[WorkerPlan, ...], dict[str, str]]:
+    """Workers for the model services whose artifact is present and whose environment is installed,
+    and why each other model service gets none."""
     from services.registry import SERVICES
 
-    plans = []
+    plans, not_started = [], {}
     for name, spec in SERVICES.items():
-        if spec.builtin_version is not None or not spec.local_version(repository).available:
+        if spec.builtin_version is not None:
             continue
+        local = spec.local_version(repository)
         python = service_python(name)
-        if python is None:
-            log.warning(
-                "%s has a model artifact but no environment (.venv-%s); its jobs will wait", name, name
-            )
-            continue
-        plans.append(WorkerPlan(name, python=python))
-    return tuple(plans)
+        if not local.available:
+            not_started[name] = local.reason or "no model artifact"
+        elif python is None:
+            not_started[name] = f"a model artifact but no environment (.venv-{name}); its jobs would wait"
+            log.warning("%s has %s", name, not_started[name])
+        else:
+            plans.append(WorkerPlan(name, python=python))
+    return tuple(plans), not_started
 
 
 def service_python(name: str) -> str | None:
@@ -137,6 +140,8 @@ class Stack(AbstractContextManager["Stack"]):
         self.metrics_port = metrics_port
         self.ready_timeout_s = ready_timeout_s
         self.metrics_ports: dict[str, int] = {}
+        # model services this stack started no worker for, with the reason (workers=None only)
+        self.not_started: dict[str, str] = {}
         self._servers: list[Any] = []
         self._processes: list[subprocess.Popen[bytes]] = []
 
@@ -174,7 +179,8 @@ class Stack(AbstractContextManager["Stack"]):
         logs.mkdir(exist_ok=True)
         workers = self.workers
         if workers is None:
-            workers = DEFAULT_WORKERS + model_workers(get_settings().model_repository)
+            plans, self.not_started = model_workers(get_settings().model_repository)
+            workers = DEFAULT_WORKERS + plans
         since = self._database_now()
         for i, plan in enumerate(workers):
             name = plan.service or "orchestrator"
