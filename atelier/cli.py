@@ -338,6 +338,45 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+versions_app = typer.Typer(no_args_is_help=True, help="Model versions the workers report serving.")
+app.add_typer(versions_app, name="versions")
+
+
+@versions_app.command("list")
+def versions_list() -> None:
+    """Each model version a worker reported serving: new work goes to the one started last per model."""
+    from db import versions
+    from db.session import transaction
+
+    table = Table("model", "version", "started", "last heartbeat", "current")
+    with transaction() as session:
+        for row in versions.served(session):
+            current = versions.current_version(session, row.model_name) == row.model_version
+            table.add_row(
+                row.model_name,
+                row.model_version,
+                f"{row.started_at:%F %T}",
+                f"{row.seen_at:%F %T}",
+                "yes" if current else "",
+            )
+    Console().print(table)
+
+
+@versions_app.command("retire")
+def versions_retire(
+    service: str,
+    version: Annotated[str | None, typer.Argument(help="all of its versions when left out")] = None,
+) -> None:
+    """Stop routing new work to a model version (a service taken out of a deployment): its work is then
+    skipped with the reason until a worker reports a version again."""
+    from db import versions
+    from db.session import transaction
+
+    with transaction() as session:
+        count = versions.retire(session, service, version)
+    err.print(f"retired {count} version(s) of {service}")
+
+
 @app.command()
 def reconcile(
     older_than_s: Annotated[float, typer.Option(help="only work untouched for this long")] = 3600.0,

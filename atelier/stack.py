@@ -181,6 +181,7 @@ class Stack(AbstractContextManager["Stack"]):
         if workers is None:
             plans, self.not_started = model_workers(get_settings().model_repository)
             workers = DEFAULT_WORKERS + plans
+            self._retire(self.not_started)
         since = self._database_now()
         for i, plan in enumerate(workers):
             name = plan.service or "orchestrator"
@@ -202,12 +203,22 @@ class Stack(AbstractContextManager["Stack"]):
 
     @staticmethod
     def _database_now() -> datetime:
-        from sqlalchemy import func, select
-
+        from db import versions
         from db.session import transaction
 
         with transaction() as session:
-            return session.scalars(select(func.now())).one()
+            return versions.database_now(session)
+
+    @staticmethod
+    def _retire(services: dict[str, str]) -> None:
+        """This stack is the only one serving its database: a model it starts no worker for is not
+        served, whatever an earlier run reported (its work is skipped, not queued for nobody)."""
+        from db import versions
+        from db.session import transaction
+
+        with transaction() as session:
+            for service in services:
+                versions.retire(session, service)
 
     def _wait_until_served(self, services: list[str], since: datetime) -> None:
         """Model workers load their model, then report the version they serve (``db.versions``): until

@@ -177,7 +177,8 @@ _START_ANALYSIS = (
     .where(
         ModelResult.id == bindparam("result_id"),
         ModelResult.status == ResultStatus.pending,
-        # a worker claims only analyses of the version it serves (None: any)
+        # a model worker claims only analyses of the model and version it serves (None: any)
+        or_(bindparam("model", type_=String).is_(None), ModelResult.model_name == bindparam("model")),
         or_(bindparam("version", type_=String).is_(None), ModelResult.model_version == bindparam("version")),
     )
     .values(attempts=ModelResult.attempts + 1, started_at=_NOW)
@@ -400,6 +401,7 @@ def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[An
             Image.blob_key,
             ModelResult.model_name,
             ModelResult.model_version,
+            ModelResult.attempts,
         )
         .join(Image, Image.id == ModelResult.image_id)
         .where(condition, ModelResult.status == ResultStatus.pending),
@@ -408,11 +410,15 @@ def _pending_claims(session: Session, condition: ColumnElement[bool]) -> list[An
 
 
 def claim_analysis(
-    session: Session, result_id: uuid.UUID, blob_key: str, version: str | None = None
+    session: Session,
+    result_id: uuid.UUID,
+    blob_key: str,
+    model: str | None = None,
+    version: str | None = None,
 ) -> AnalysisClaim | None:
     """Start (or restart, after a lost worker) one model's analysis. None when already finished, or
-    when it is for another model version than ``version`` (when given)."""
-    params = {"result_id": result_id, "version": version}
+    when it is for another model or model version than ``model`` / ``version`` (when given)."""
+    params = {"result_id": result_id, "model": model, "version": version}
     row = _run(session, _START_ANALYSIS, params).one_or_none()
     if row is None:
         return None
@@ -488,13 +494,40 @@ def complete_analysis(
     return True
 
 
+def hand_back(session: Session, claim: AnalysisClaim) -> int | None:
+    """Count one delivery of a pending analysis that its receiver handed back (it serves another
+    version); the count after it, or None when the analysis is no longer pending."""
+    attempts: int | None = _run(
+        session,
+        update(ModelResult)
+        .where(ModelResult.id == claim.result_id, ModelResult.status == ResultStatus.pending)
+        .values(attempts=ModelResult.attempts + 1)
+        .returning(ModelResult.attempts),
+    ).scalar_one_or_none()
+    return attempts
+
+
 def retarget_analysis(session: Session, claim: AnalysisClaim, version: str) -> AnalysisClaim | None:
     """Move a pending analysis to another version of its model (its own version is no longer served).
 
-    The items waiting on it wait for ``version`` instead. Returns the claim to analyse now, or None
-    when that version's result already exists (the old row goes; the existing result completes them).
+    The items waiting on it wait for ``version`` instead. Returns the claim to analyse now (a fresh
+    retry budget, no staged output), or None when there is nothing to analyse: the analysis is no
+    longer pending for ``claim.model_version`` (another delivery moved or finished it), or that
+    version's result already exists (then the old row goes and the existing result completes them).
     """
     image_row = _run(session, _LOCK_IMAGE, {"image_id": claim.image_id}).one()
+    mine = _run(
+        session,
+        select(ModelResult.id)
+        .where(
+            ModelResult.id == claim.result_id,
+            ModelResult.status == ResultStatus.pending,
+            ModelResult.model_version == claim.model_version,
+        )
+        .with_for_update(),
+    ).first()
+    if mine is None or version == claim.model_version:
+        return None
     model = claim.model_name
     _run(
         session,
@@ -514,14 +547,16 @@ def retarget_analysis(session: Session, claim: AnalysisClaim, version: str) -> A
             ModelResult.model_version == version,
         ),
     ).first()
-    pending = (ModelResult.id == claim.result_id, ModelResult.status == ResultStatus.pending)
     if taken is None:
-        moved = _run(
+        moved = {"model_version": version, "output": None, "batch_size": None, "inference_ms": None}
+        _run(
             session,
-            update(ModelResult).where(*pending).values(model_version=version).returning(ModelResult.id),
-        ).first()
-        return None if moved is None else replace(claim, model_version=version)
-    _run(session, delete(ModelResult).where(*pending))
+            update(ModelResult)
+            .where(ModelResult.id == claim.result_id)
+            .values(**moved, attempts=0, started_at=None),
+        )
+        return replace(claim, model_version=version, attempts=0)
+    _run(session, delete(ModelResult).where(ModelResult.id == claim.result_id))
     _finalize(session, image_row)
     return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -28,17 +28,34 @@ class Availability:
 
 
 def report_served(session: Session, model: str, version: str, *, started: bool) -> None:
-    """A worker serves ``version`` of ``model``: ``started`` when it just began, else a heartbeat."""
+    """A worker serves ``version`` of ``model``: ``started`` when it just began (it becomes the current
+    version), else a heartbeat, which only keeps a reported version live (a retired one stays retired)."""
     now = func.now()
+    if not started:
+        session.execute(
+            update(ServedVersion)
+            .where(ServedVersion.model_name == model, ServedVersion.model_version == version)
+            .values(seen_at=now)
+        )
+        return
     statement = insert(ServedVersion).values(
         model_name=model, model_version=version, started_at=now, seen_at=now
     )
-    update = {"seen_at": now, **({"started_at": now} if started else {})}
     session.execute(
         statement.on_conflict_do_update(
-            index_elements=[ServedVersion.model_name, ServedVersion.model_version], set_=update
+            index_elements=[ServedVersion.model_name, ServedVersion.model_version],
+            set_={"started_at": now, "seen_at": now},
         )
     )
+
+
+def retire(session: Session, model: str, version: str | None = None) -> int:
+    """Forget that ``version`` (every version: None) of ``model`` is served; how many were. New work for
+    the model is skipped until a worker reports a version again."""
+    statement = delete(ServedVersion).where(ServedVersion.model_name == model)
+    if version is not None:
+        statement = statement.where(ServedVersion.model_version == version)
+    return len(session.execute(statement.returning(ServedVersion.model_version)).all())
 
 
 def current_version(session: Session, model: str) -> str | None:
@@ -82,3 +99,15 @@ def started_since(session: Session, model: str, since: datetime) -> str | None:
             ServedVersion.model_name == model, ServedVersion.started_at >= since
         )
     ).first()
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock, which ``started_at`` and ``seen_at`` are read on."""
+    now: datetime = session.scalars(select(func.now())).one()
+    return now
+
+
+def served(session: Session) -> list[ServedVersion]:
+    """Every reported version, by model, newest start first."""
+    query = select(ServedVersion).order_by(ServedVersion.model_name, ServedVersion.started_at.desc())
+    return list(session.scalars(query))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic_settings import BaseSettings
+
 from common.errors import ArtifactError
 from common.settings import QueueSettings
 from services.artifacts import latest_version_dir, manifest_problem
@@ -83,6 +85,8 @@ class ServiceSpec:
     model_path: str  # "package.module:Factory"; the factory takes (spec, repository) and returns a Model
     builtin_version: str | None = None  # model-free analysers have a code version instead of an artifact
     explains: bool = False  # its Model.explain gives pictures for people (Grad-CAM)
+    # its settings class (ATELIER_<NAME>_*), if it has one: the deploy files are generated from it
+    settings: type[BaseSettings] | None = None
     # the service that classifies the garment crops of this one's output ("garments", each with a "box")
     crops_to: str | None = None
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+from common.outputs import GarmentClassification
 from db import pipeline
 from db.session import transaction
 from services.registry import get_spec
@@ -37,7 +38,8 @@ def crops_service(model_name: str, output: dict[str, Any]) -> str | None:
         return None
     availability = service_availability(crops_to)
     if not availability.available:
-        output["garment_classification"] = {"model": crops_to, "skipped": availability.reason}
+        skipped = GarmentClassification(model=crops_to, skipped=availability.reason)
+        output["garment_classification"] = skipped.dump()
         return None
     return crops_to
 
@@ -98,11 +100,8 @@ def crops_task(result_id: str, blob_key: str) -> None:
         {**garment, "classification": prediction.output}
         for garment, prediction in zip(garments, predictions, strict=True)
     ]
-    output["garment_classification"] = {
-        "model": model.name,
-        "version": model.version,
-        "crops": len(predictions),
-        "inference_ms": round(ms, 2),
-    }
+    output["garment_classification"] = GarmentClassification(
+        model=model.name, version=model.version, crops=len(predictions), inference_ms=round(ms, 2)
+    ).dump()
     with transaction() as session:
         pipeline.complete_analysis(session, claim, output=output)

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 from PIL import Image
-from sqlalchemy.exc import SQLAlchemyError
 
 from common.blobstore import blob_store
 from common.images import decode_image
@@ -60,7 +59,7 @@ def report_served(model: Model) -> threading.Thread:
             try:
                 with transaction() as session:
                     versions.report_served(session, model.name, model.version, started=False)
-            except SQLAlchemyError:  # the database may be away for a while; the next beat tries again
+            except Exception:  # a database away for a while, or anything else: the next beat tries again
                 log.warning("heartbeat of %s %s failed", model.name, model.version, exc_info=True)
 
     thread = threading.Thread(target=beat, name="served-version-heartbeat", daemon=True)
@@ -78,6 +77,12 @@ def service_availability(name: str) -> Availability:
         return versions.availability(session, name)
 
 
+def backoff_s(retries: int) -> float:
+    """Seconds before the next delivery after ``retries`` retries: doubling, capped."""
+    settings = get_worker_settings()
+    return float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s))
+
+
 def retry_or_give_up(
     attempt: int,
     what: str,
@@ -87,11 +92,10 @@ def retry_or_give_up(
 ) -> None:
     """The one retry shape: ``retry(countdown)`` with exponential backoff while ``attempt`` (the row's
     delivery count, this one included) is within the budget, else ``give_up()`` records the failure."""
-    settings = get_worker_settings()
     retries = max(attempt - 1, 0)
-    if retries < settings.max_retries:
+    if retries < get_worker_settings().max_retries:
         log.warning("%s failed (attempt %d), retrying: %r", what, attempt, exc)
-        retry(float(min(settings.retry_backoff_s * 2**retries, settings.retry_backoff_max_s)))
+        retry(backoff_s(retries))
         return
     log.error("%s failed for good after %d attempts: %r", what, attempt, exc)
     give_up(exc)

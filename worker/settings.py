@@ -48,6 +48,7 @@ class WorkerSettings(BaseSettings):
     )
     heartbeat_s: float = Field(
         default=30.0,
+        gt=0,
         description="A model worker reports the version it serves this often (seconds); after three missed "
         "beats, analyses queued for that version move to the version that is served.",
     )

@@ -16,7 +16,6 @@ from typing import Any
 from celery import signals
 from celery_batches import Batches, SimpleRequest
 from PIL import Image
-from sqlalchemy.orm import Session
 
 from common.blobstore import blob_store, image_key, sha256_hex
 from common.errors import ItemError
@@ -33,6 +32,7 @@ from worker import broker, monitoring
 from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.crops import crops_service, stage_for_crops
 from worker.serving import (
+    backoff_s,
     retry_or_give_up,
     served_model,
     service_availability,
@@ -42,8 +42,6 @@ from worker.serving import (
 from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
-
-_loaded: dict[str, Model] = {}
 
 
 @signals.worker_process_init.connect
@@ -147,14 +145,17 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
     """
     model = served_model()
     started: list[pipeline.AnalysisClaim] = []
+    elsewhere: list[pipeline.AnalysisClaim] = []
     with transaction() as session:
         for request in requests:
             result_id, blob_key = uuid.UUID(request.args[0]), request.args[1]
-            claim = pipeline.claim_analysis(session, result_id, blob_key, version=model.version)
+            claim = pipeline.claim_analysis(session, result_id, blob_key, model.name, model.version)
             if claim is not None:
                 started.append(claim)
             elif (other := pipeline.pending_analysis(session, result_id)) is not None:
-                _hand_over(session, other, model)  # asks for another version of this model
+                elsewhere.append(other)  # another model's, or another version's
+    for other in elsewhere:  # after the claims committed: its own transaction, its own lock order
+        _hand_over(other, model)
     claims = list({c.result_id: c for c in started}.values())  # finished ones are skipped
     if not claims:
         return
@@ -163,19 +164,36 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
             _write_analysis(claim, outcome, len(claims))
 
 
-def _hand_over(session: Session, claim: pipeline.AnalysisClaim, model: Model) -> None:
-    """An analysis for another version than this worker's: back to the queue while a worker of that
-    version is alive (a rollout in progress), else moved to this worker's version, so that work queued
-    before a rollout finishes after it instead of failing."""
+def _hand_over(claim: pipeline.AnalysisClaim, model: Model) -> None:
+    """An analysis this worker does not serve goes where it is served, so that work queued before a
+    rollout finishes after it instead of failing:
+
+    * another model's (two services sharing a queue): to that model's own queue;
+    * the version new work goes to, while its workers are alive: back to the queue, for them;
+    * an older version whose workers are alive (a rollout in progress): back to the queue with
+      backoff, ``MAX_RETRIES`` times at most, counted on the row;
+    * a version nobody serves any more, or whose workers do not take it: moved to this worker's.
+    """
     settings = get_worker_settings()
-    if versions.is_live(session, claim.model_name, claim.model_version, settings.heartbeat_s * 3):
+    if claim.model_name != model.name:
         broker.analyse([claim], countdown=settings.retry_backoff_s)
         return
-    moved = pipeline.retarget_analysis(session, claim, model.version)
-    log.info(
-        "analysis %s moved from %s %s to %s", claim.result_id, model.name, claim.model_version, model.version
-    )
-    if moved is not None:
+    with transaction() as session:
+        live = versions.is_live(session, model.name, claim.model_version, settings.heartbeat_s * 3)
+        current = live and versions.current_version(session, model.name) == claim.model_version
+        counted = moved = None
+        if live and not current and claim.attempts < settings.max_retries:
+            counted = pipeline.hand_back(session, claim)
+        elif not current:
+            moved = pipeline.retarget_analysis(session, claim, model.version)
+    if current:
+        broker.analyse([claim], countdown=settings.retry_backoff_s)
+    elif counted is not None:
+        broker.analyse([claim], countdown=backoff_s(counted - 1))
+    elif moved is not None:
+        log.info(
+            "analysis %s moved from version %s to %s", claim.result_id, claim.model_version, model.version
+        )
         broker.analyse([moved])
 
 

@@ -18,7 +18,6 @@ from services.base import ServiceSpec
 
 # VGG19 multi-head classifier (Fashion Product Images attributes) with a search embedding; Keras on
 # TensorFlow, in its own environment
-SPEC = ServiceSpec(name="classifier", model_path="services.classifier.model:build", explains=True)
 
 MODEL_FILE = "model.keras"  # the network, in a version directory beside its manifest
 
@@ -45,6 +44,14 @@ class ClassifierSettings(BaseSettings):
 @lru_cache
 def get_classifier_settings() -> ClassifierSettings:
     return ClassifierSettings()
+
+
+SPEC = ServiceSpec(
+    name="classifier",
+    model_path="services.classifier.model:build",
+    explains=True,
+    settings=ClassifierSettings,
+)
 
 
 class TrainConfig(BaseModel):

@@ -14,7 +14,6 @@ from services.base import ServiceSpec
 from services.rcnn.config import SCRATCH_FIELDS, RCNNSettings, TrainConfig
 
 # Detectron2 Mask R-CNN on DeepFashion2: 13 garment categories with boxes and masks; torch environment
-SPEC = ServiceSpec(name="detector", model_path="services.detector.model:build", crops_to="classifier")
 
 
 class DetectorSettings(RCNNSettings):
@@ -26,6 +25,14 @@ class DetectorSettings(RCNNSettings):
 @lru_cache
 def get_detector_settings() -> DetectorSettings:
     return DetectorSettings()
+
+
+SPEC = ServiceSpec(
+    name="detector",
+    model_path="services.detector.model:build",
+    crops_to="classifier",
+    settings=DetectorSettings,
+)
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -16,7 +16,6 @@ from services.rcnn.config import SCRATCH_FIELDS, RCNNManifest, RCNNSettings, Tra
 
 # attribute Mask R-CNN (Fashionpedia-style): per-garment masks, style attributes, cut-outs, body regions;
 # torch environment
-SPEC = ServiceSpec(name="segmenter", model_path="services.segmenter.model:build")
 
 
 class SegmenterSettings(RCNNSettings):
@@ -33,6 +32,9 @@ class SegmenterSettings(RCNNSettings):
 @lru_cache
 def get_segmenter_settings() -> SegmenterSettings:
     return SegmenterSettings()
+
+
+SPEC = ServiceSpec(name="segmenter", model_path="services.segmenter.model:build", settings=SegmenterSettings)
 
 
 class SegmenterTrainConfig(TrainConfig):

@@ -94,3 +94,36 @@ def test_moving_onto_an_existing_result_completes_the_waiting_item(clean_db: Inf
         assert (row.status, row.expected) == (ItemStatus.done, {"m": "2"})
         versions_left = session.scalars(select(ModelResult.model_version)).all()
     assert versions_left == ["2"]
+
+
+def test_moving_the_same_analysis_twice_strands_nothing(clean_db: Infra) -> None:
+    # given: two deliveries of one analysis for a retired version, both read before either moved it
+    with transaction() as session:
+        [item] = make_job(session, 1, models=["m"])
+        assert pipeline.claim_fetch(session, item) is not None
+        [claim] = pipeline.attach_image(session, item, stored_image("twice"), {"m": "1"}, {})
+
+    # when: both move it
+    with transaction() as session:
+        first = pipeline.retarget_analysis(session, claim, "2")
+    with transaction() as session:
+        second = pipeline.retarget_analysis(session, claim, "2")
+
+    # then: the first moved it, the second found nothing to move, and version 2 completes the item
+    assert first is not None and second is None
+    with transaction() as session:
+        started = pipeline.claim_analysis(session, first.result_id, first.blob_key, "m", "2")
+        assert started is not None
+        assert pipeline.complete_analysis(session, started, output={"label": "z"})
+    with transaction() as session:
+        row = session.get_one(Item, item)
+    assert (row.status, row.expected) == (ItemStatus.done, {"m": "2"})
+
+
+def test_a_retired_version_stays_retired_through_heartbeats(clean_db: Infra) -> None:
+    _report("m", "1")
+    with transaction() as session:
+        assert versions.retire(session, "m") == 1
+    _report("m", "1", started=False)  # a late heartbeat of its last worker
+    with transaction() as session:
+        assert not versions.availability(session, "m").available

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from services.properties.config import PROPERTIES_VERSION
 from synthetic.imageserver import garment_photo, jpeg_bytes
 from tests.factories import make_job
 from tests.support.infra import Infra
+from worker.settings import get_worker_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -68,26 +70,70 @@ def test_work_queued_for_a_retired_version_finishes_on_the_served_one(infra: Inf
     assert [(v, s.value) for v, s in results] == [(PROPERTIES_VERSION, "done")]
 
 
+def _report(version: str, *, started: bool = True) -> None:
+    """A worker of ``version`` reports, in its own transaction (its own clock reading)."""
+    with transaction() as session:
+        versions.report_served(session, "properties", version, started=started)
+
+
+def _queued(queue: str) -> int:
+    return int(redis.Redis.from_url(get_settings().redis_url).llen(queue))
+
+
 def test_work_for_a_version_still_served_goes_back_to_its_queue(infra: Infra, clean_db: Infra) -> None:
     from services.registry import get_spec
     from worker.tasks import _hand_over
 
-    # given: a worker of the old version is still alive (a rollout in progress)
+    # given: a rollout in progress: the current version started, the old one's workers still beat
     _, claim = _waiting_on_old_version((20, 30, 90))
-    with transaction() as session:
-        versions.report_served(session, "properties", OLD, started=True)
+    _report(OLD)
+    _report(PROPERTIES_VERSION)
+    _report(OLD, started=False)
     queue = get_settings().queues.properties
-    broker_client = redis.Redis.from_url(get_settings().redis_url)
-    broker_client.delete(queue)
+    redis.Redis.from_url(get_settings().redis_url).delete(queue)
     model = get_spec("properties").build(get_settings().model_repository)
+    budget = get_worker_settings().max_retries
 
-    # when: a worker of the new version receives it
-    with transaction() as session:
-        _hand_over(session, claim, model)
+    # when: a worker of the current version receives it, again and again
+    for _ in range(budget):
+        _hand_over(claim, model)
+        with transaction() as session:
+            row = session.get_one(ModelResult, claim.result_id)
+        claim = replace(claim, attempts=row.attempts)
 
-    # then: it is queued again for the old version's workers, untouched
-    assert broker_client.llen(queue) == 1
+    # then: each time it went back to the queue for the old version's workers, counted
+    assert _queued(queue) == budget
+    assert (row.model_version, row.status.value, row.attempts) == (OLD, "pending", budget)
+
+    # and once its budget is spent, it is moved to the version that takes it
+    _hand_over(claim, model)
     with transaction() as session:
         row = session.get_one(ModelResult, claim.result_id)
-        assert (row.model_version, row.status.value, row.attempts) == (OLD, "pending", 0)
-    broker_client.delete(queue)
+    assert (row.model_version, row.status.value, row.attempts) == (PROPERTIES_VERSION, "pending", 0)
+    assert _queued(queue) == budget + 1
+    redis.Redis.from_url(get_settings().redis_url).delete(queue)
+
+
+def test_work_for_the_current_version_waits_for_its_workers(infra: Infra, clean_db: Infra) -> None:
+    from services.registry import get_spec
+    from worker.tasks import _hand_over
+
+    # given: an analysis queued for the version started last (the current one, its workers alive),
+    # received by a worker of yet another version
+    _, claim = _waiting_on_old_version((30, 140, 60))
+    _report(PROPERTIES_VERSION)
+    _report(OLD)
+    queue = get_settings().queues.properties
+    redis.Redis.from_url(get_settings().redis_url).delete(queue)
+    old_worker = get_spec("properties").build(get_settings().model_repository)
+    old_worker.version = "0.8.0"  # it serves neither: the queued version is current and alive
+
+    # when
+    _hand_over(claim, old_worker)
+
+    # then: back to the queue, uncounted, for the current version's workers
+    assert _queued(queue) == 1
+    with transaction() as session:
+        row = session.get_one(ModelResult, claim.result_id)
+    assert (row.model_version, row.attempts) == (OLD, 0)
+    redis.Redis.from_url(get_settings().redis_url).delete(queue)
