@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from atelier.stack import Stack
 from bench.cpu import MAIN_THREAD, OTHER_THREADS, CpuMeter, CpuSeconds, spent
 from common.images import decode_image
@@ -88,13 +86,12 @@ def _run_job(stack: Stack, urls: list[str], models: list[str] = MODELS) -> tuple
 
 def _wait_finished(stack: Stack, job_id: uuid.UUID) -> None:
     """Poll the job's ``finished_at`` alone: one indexed read, so the polling barely shows in the meter."""
-    from db.models import Job
+    from db import jobs
 
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    query = select(Job.finished_at).where(Job.id == job_id)
     while True:
         with session_factory()() as session:
-            if session.scalar(query) is not None:
+            if jobs.finished_at(session, job_id) is not None:
                 return
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} did not finish within {JOB_TIMEOUT_S:.0f} s")
@@ -108,16 +105,11 @@ def _check_done(job_id: uuid.UUID, counts: dict[str, int], expected: int) -> Non
 
 
 def _mean_predict_ms(job_id: uuid.UUID) -> float:
-    from db.models import Item, ModelResult
+    from db import jobs
 
-    query = (
-        select(func.avg(ModelResult.inference_ms))
-        .join(Item, Item.id == ModelResult.claimed_by_item)
-        .where(Item.job_id == job_id)
-    )
     with session_factory()() as session:
-        mean = session.scalar(query)
-    return float("nan") if mean is None else float(mean)
+        mean = jobs.mean_inference_ms(session, job_id)
+    return float("nan") if mean is None else mean
 
 
 def run_direct(images: Sequence[bytes], warmup: Sequence[bytes]) -> DirectRun:

@@ -8,6 +8,7 @@ import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -125,6 +126,22 @@ def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 10_000) -> 
         finished_at=job.finished_at,
         items=[ItemSummary(id=i, position=p, status=s, error_code=e) for i, p, s, e in states],
     )
+
+
+def finished_at(session: Session, job_id: uuid.UUID) -> datetime | None:
+    """When the job's last item ended; None while it runs (one indexed read, cheap to poll)."""
+    finished: datetime | None = session.scalar(select(Job.finished_at).where(Job.id == job_id))
+    return finished
+
+
+def mean_inference_ms(session: Session, job_id: uuid.UUID) -> float | None:
+    """The mean time of the analyses the job's items claimed (a model's predict share per image)."""
+    mean = session.scalar(
+        select(func.avg(ModelResult.inference_ms))
+        .join(Item, Item.id == ModelResult.claimed_by_item)
+        .where(Item.job_id == job_id)
+    )
+    return None if mean is None else float(mean)
 
 
 def image_view(session: Session, item_id: uuid.UUID, order: Sequence[str] = ()) -> ImageView | None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import get_settings
@@ -40,3 +40,8 @@ def reset_engine() -> None:
         get_engine().dispose(close=False)
     get_engine.cache_clear()
     session_factory.cache_clear()
+
+
+def ping(session: Session) -> None:
+    """One round trip to the database; raises ``SQLAlchemyError`` when it does not answer."""
+    session.execute(text("SELECT 1"))

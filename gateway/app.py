@@ -13,7 +13,6 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import field_validator
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -23,7 +22,7 @@ from common.logs import log_context
 from common.schemas import ImagePage, ImageView, ItemStatus, JobCreated, JobView
 from common.settings import get_settings
 from db import jobs, versions
-from db.session import session_factory
+from db.session import ping, session_factory
 from gateway.settings import get_gateway_settings
 from services.registry import SERVICES, check_models
 from worker import broker
@@ -266,7 +265,7 @@ def _services(session: Session) -> dict[str, Any]:
 
 def _check_database(session: Session) -> str:
     try:
-        session.execute(text("SELECT 1"))
+        ping(session)
     except SQLAlchemyError as exc:
         return f"error: {exc.__class__.__name__}: {exc}"
     return "ok"
