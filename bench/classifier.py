@@ -42,7 +42,7 @@ from common.images import decode_image
 from common.settings import get_settings
 from db.session import get_engine
 from services.classifier.config import FASHION_HEADS, TrainConfig
-from services.classifier.preprocess import PREPROCESSING, Box, crop, preprocess, preprocess_batch
+from services.classifier.preprocess import Box, crop, preprocess, preprocess_batch
 from synthetic.garments import draw
 from synthetic.imageserver import serve
 from worker.settings import get_worker_settings
@@ -157,26 +157,15 @@ def write_artifact(repository: Path) -> Path:
     import keras
 
     from services.artifacts import hash_files, write_manifest
-    from services.classifier.config import MODEL_FILE, ClassifierManifest
+    from services.classifier.config import MODEL_FILE
+    from services.classifier.model import network_manifest
 
     keras.utils.set_random_seed(CONFIG.seed)
     heads = {head: [f"class{i}" for i in range(size)] for head, size in HEAD_SIZES.items()}
     version_dir = repository / "classifier" / "1"
     version_dir.mkdir(parents=True)
     network(heads).save(version_dir / MODEL_FILE)
-    manifest = ClassifierManifest(
-        name="classifier",
-        framework="keras",
-        framework_version=keras.__version__,
-        backend=keras.backend.backend(),
-        backbone="vgg19",
-        heads=heads,
-        input_size=CONFIG.input_size,
-        preprocessing=PREPROCESSING,
-        embedding_dim=CONFIG.embedding_dim,
-        train_config=CONFIG.model_dump(mode="json"),
-        files=hash_files(version_dir, (MODEL_FILE,)),
-    )
+    manifest = network_manifest(heads, CONFIG, hash_files(version_dir, (MODEL_FILE,)))
     write_manifest(version_dir, manifest)
     return version_dir
 

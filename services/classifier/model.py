@@ -25,9 +25,10 @@ from services.classifier.config import (
     MODEL_FILE,
     ClassifierManifest,
     ClassifierSettings,
+    TrainConfig,
     get_classifier_settings,
 )
-from services.classifier.preprocess import Box, crop, preprocess_batch
+from services.classifier.preprocess import PREPROCESSING, Box, crop, preprocess_batch
 
 __all__ = ["ClassifierModel", "build", "build_network", "check_heads"]
 
@@ -72,6 +73,28 @@ def build_network(
     image = keras.Input((*input_size, 3), name="image")
     net = keras.Model(image, top(backbone(image)), name="classifier")
     return net, backbone, top
+
+
+def network_manifest(
+    heads: Mapping[str, Sequence[str]], config: TrainConfig, files: dict[str, str], **recorded: Any
+) -> ClassifierManifest:
+    """The manifest of a version holding a network built by ``build_network``: what the serving code
+    checks (heads, input, preprocessing, embedding) and how it was made; ``recorded`` adds the rest
+    (training-data hash, timings, metrics)."""
+    return ClassifierManifest(
+        name="classifier",
+        framework="keras",
+        framework_version=keras.__version__,
+        backend=keras.backend.backend(),
+        backbone="vgg19",
+        heads={head: list(labels) for head, labels in heads.items()},
+        input_size=config.input_size,
+        preprocessing=PREPROCESSING,
+        embedding_dim=config.embedding_dim,
+        train_config=config.model_dump(mode="json"),
+        files=files,
+        **recorded,
+    )
 
 
 class ClassifierModel(Model):

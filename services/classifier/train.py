@@ -24,11 +24,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from services.artifacts import PREDICTIONS, hash_files, publish_version, staging_dir, write_manifest
-from services.classifier.config import MODEL_FILE, ClassifierManifest, TrainConfig
+from services.classifier.config import MODEL_FILE, TrainConfig
 from services.classifier.data import Sample, dataset_hash, labels_of, read_styles, stratified_split
 from services.classifier.evaluate import evaluate_outputs, predict_samples, write_reports
-from services.classifier.model import ClassifierModel, build_network
-from services.classifier.preprocess import PREPROCESSING, augment, preprocess
+from services.classifier.model import ClassifierModel, build_network, network_manifest
+from services.classifier.preprocess import augment, preprocess
 from services.classifier.zoo import weights_path
 
 log = logging.getLogger(__name__)
@@ -229,20 +229,12 @@ def _publish(
     model_dir = repository / "classifier"
     staging = staging_dir(model_dir)
     net.save(staging / MODEL_FILE)
-    manifest = ClassifierManifest(
-        name="classifier",
-        framework="keras",
-        framework_version=keras.__version__,
-        backend=keras.backend.backend(),
-        backbone="vgg19",
-        heads={head: list(labels) for head, labels in heads.items()},
-        input_size=config.input_size,
-        preprocessing=PREPROCESSING,
-        embedding_dim=config.embedding_dim,
+    manifest = network_manifest(
+        heads,
+        config,
+        hash_files(staging, [MODEL_FILE]),
         training_data_hash=dataset_hash(samples),
-        train_config=config.model_dump(mode="json"),
         train_seconds=round(train_seconds, 1),
-        files=hash_files(staging, [MODEL_FILE]),
     )
     write_manifest(staging, manifest)  # the serving code below loads the staged version
     served = ClassifierModel(staging)
