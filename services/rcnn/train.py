@@ -20,6 +20,7 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.env import seed_all_rng
 
 from services.artifacts import PREDICTIONS, hash_files, publish_version, staging_dir, write_manifest
 from services.rcnn.config import CONFIG, WEIGHTS, RCNNManifest, TestInput, TrainConfig
@@ -94,6 +95,9 @@ def run_training(
     """Train ``cfg`` (in ``cfg.OUTPUT_DIR``), evaluate it on ``DATASETS.TEST``, publish the version of
     ``service`` with the manifest ``describe`` makes (``RCNNManifest`` or a service's own, given its
     own fields already: a ``functools.partial``), then drop the working directory."""
+    # the config's seed, applied as Detectron2's default_setup would (DefaultTrainer alone never does):
+    # initial weights, data order and augmentations are then the same in every run, whatever ran before
+    seed_all_rng(cfg.SEED)
     started = time.monotonic()
     trainer = trainer_class(cfg)
     trainer.resume_or_load(resume=resume)
