@@ -36,7 +36,7 @@ def crops_service(model_name: str, output: dict[str, Any]) -> str | None:
     crops_to = get_spec(model_name).crops_to
     if crops_to is None or not output.get("garments") or not get_worker_settings().classify_crops:
         return None
-    availability = service_availability(crops_to)
+    availability = service_availability(crops_to)[crops_to]
     if not availability.available:
         skipped = GarmentClassification(model=crops_to, skipped=availability.reason)
         output["garment_classification"] = skipped.dump()

@@ -67,14 +67,16 @@ def report_served(model: Model) -> threading.Thread:
     return thread
 
 
-def service_availability(name: str) -> Availability:
+def service_availability(*names: str) -> dict[str, Availability]:
     """Built-in analysers always serve their code version; model services the version their workers
-    reported (``db.versions``): the orchestrator never reads the model repository."""
-    builtin = get_spec(name).builtin_version
-    if builtin is not None:
-        return Availability(True, builtin)
-    with transaction() as session:
-        return versions.availability(session, name)
+    reported (``db.versions``, read in one transaction): the orchestrator never reads the model
+    repository."""
+    found = {n: Availability(True, v) for n in names if (v := get_spec(n).builtin_version) is not None}
+    served = [n for n in names if n not in found]
+    if served:
+        with transaction() as session:
+            found |= {n: versions.availability(session, n) for n in served}
+    return {n: found[n] for n in names}
 
 
 def backoff_s(retries: int) -> float:

@@ -75,7 +75,7 @@ def fetch_task(item_id: str) -> None:
         return
     try:
         stored = _fetch_and_store(claim)
-        availability = {name: service_availability(name) for name in claim.models}
+        availability = service_availability(*claim.models)
         expected = {m: a.version for m, a in availability.items() if a.available and a.version is not None}
         skipped = {m: a.reason for m, a in availability.items() if not a.available}
         explain = [m for m in claim.models if claim.explain and get_spec(m).explains]
