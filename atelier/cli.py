@@ -88,6 +88,10 @@ def worker(
     watched = [queue] if service else sorted(set(queues.model_dump().values()))
     port = get_worker_settings().metrics_port if metrics_port is None else metrics_port
     monitoring.start(port, watched)
+    if service is None:
+        from worker import reconciler
+
+        reconciler.start()  # lost messages come back without an operator
     celery_app.worker_main(
         [
             "worker",
@@ -382,11 +386,13 @@ def reconcile(
     older_than_s: Annotated[float, typer.Option(help="only work untouched for this long")] = 3600.0,
 ) -> None:
     """Publish again the jobs, fetches and analyses whose messages look lost (e.g. after a broker wipe)."""
-    from worker.tasks import republish_stale
+    from worker import tasks  # noqa: F401  (registers the tasks with the app)
+    from worker.reconciler import republish_stale
 
     stale = republish_stale(older_than_s)
     err.print(
-        f"republished {len(stale.jobs)} jobs, {len(stale.items)} fetches, {len(stale.results)} analyses"
+        f"republished {len(stale.jobs)} jobs, {len(stale.items)} fetches, {len(stale.results)} analyses, "
+        f"{len(stale.staged)} garment crops"
     )
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -72,8 +73,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # the outbox: set once the dispatch message was handed to the broker (by the gateway, else by the
+    # reconciler); dispatched_at once the orchestrator expanded the job into fetches
+    published_at: Mapped[datetime | None] = _ts()
     dispatched_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (
+        Index("ix_jobs_unpublished", "created_at", postgresql_where=text("published_at IS NULL")),
+    )
 
 
 class Item(Base):
@@ -104,6 +112,7 @@ class Item(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
     fetch_started_at: Mapped[datetime | None] = _ts()
+    claimed_at: Mapped[datetime | None] = _ts()  # the latest delivery of its fetch
     fetched_at: Mapped[datetime | None] = _ts()
     analysed_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
@@ -158,7 +167,10 @@ class ModelResult(Base):
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime | None] = _ts()
 
-    __table_args__ = (UniqueConstraint("image_id", "model_name", "model_version", name="uq_model_result"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_name", "model_version", name="uq_model_result"),
+        Index("ix_model_results_pending", "model_name", postgresql_where=text("status = 'pending'")),
+    )
 
 
 class Embedding(Base):

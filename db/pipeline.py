@@ -23,12 +23,15 @@ from sqlalchemy import (
     Integer,
     Row,
     String,
+    and_,
     bindparam,
     case,
     delete,
+    false,
     func,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
@@ -86,6 +89,7 @@ _CLAIM_FETCH = (
         status=ItemStatus.fetching,
         attempts=Item.attempts + 1,
         fetch_started_at=func.coalesce(Item.fetch_started_at, _NOW),
+        claimed_at=_NOW,
     )
     .returning(
         Item.url,
@@ -294,6 +298,17 @@ def queued_item_ids(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
         .order_by(Item.position),
     )
     return list(rows.scalars())
+
+
+def mark_published(session: Session, job_ids: Collection[uuid.UUID]) -> None:
+    """The outbox: these jobs' dispatch messages are with the broker."""
+    if job_ids:
+        _run(
+            session,
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.published_at.is_(None))
+            .values(published_at=_NOW),
+        )
 
 
 def mark_dispatched(session: Session, job_id: uuid.UUID) -> None:
@@ -624,20 +639,60 @@ def _count_off(session: Session, finished: Mapping[uuid.UUID, int]) -> None:
 
 @dataclass(frozen=True)
 class StaleWork:
-    jobs: list[uuid.UUID]  # never dispatched
-    items: list[uuid.UUID]  # queued or fetching, untouched for too long
-    results: list[uuid.UUID]  # analyses pending for too long
+    jobs: list[uuid.UUID]  # dispatch never published, or published and never expanded
+    items: list[uuid.UUID]  # queued or fetching, their message lost
+    results: list[uuid.UUID]  # analyses pending, their message lost
+    staged: list[uuid.UUID]  # detections waiting for their garment crops' classes, that message lost
 
 
-def stale_work(session: Session, older_than_s: float, limit: int = 10_000) -> StaleWork:
-    """Work whose messages may have been lost (a wiped broker, a publish that never happened).
+def stale_work(
+    session: Session,
+    older_than_s: float,
+    *,
+    orchestrator_idle: bool = True,
+    idle_models: Collection[str] | None = None,
+    idle_staged: Collection[str] | None = None,
+    lost_fetch_s: float | None = None,
+    lost_analysis_s: float | None = None,
+    limit: int = 10_000,
+) -> StaleWork:
+    """Work whose messages were lost (a broker that lost writes, a publish that failed after a commit).
 
-    Re-publishing is safe, since every task claims its row first and finished work is skipped; but
-    a long backlog also looks stale, so pick ``older_than_s`` well above the expected queue wait.
+    Everything returned was untouched for ``older_than_s``, and one of:
+
+    * a job whose dispatch was never published (the outbox);
+    * work of a queue that holds no message, queued or held by a worker (``orchestrator_idle``; the
+      models in ``idle_models``, and in ``idle_staged`` for results whose crops' queue is idle; None:
+      all), so a backlog is never mistaken for loss;
+    * a fetch claimed more than ``lost_fetch_s`` ago, an analysis started more than
+      ``lost_analysis_s`` ago: longer than a live worker could hold it, whatever the queues hold.
+
+    Republishing is safe (every task claims its row first, finished work is skipped).
+    ``atelier reconcile`` passes only ``older_than_s``: everything that old, as if every queue were idle.
     """
-    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
+
+    def before(seconds: float) -> ColumnElement[Any]:
+        return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+    cutoff = before(older_than_s)
+    never = false()
+    touched = func.coalesce(Item.claimed_at, Job.dispatched_at)
     jobs = session.scalars(
-        select(Job.id).where(Job.dispatched_at.is_(None), Job.created_at < cutoff).limit(limit)
+        select(Job.id)
+        .where(
+            or_(
+                and_(Job.published_at.is_(None), Job.created_at < cutoff),
+                and_(
+                    Job.published_at < cutoff,
+                    Job.dispatched_at.is_(None),
+                    or_(
+                        true() if orchestrator_idle else never,
+                        Job.published_at < before(lost_fetch_s) if lost_fetch_s is not None else never,
+                    ),
+                ),
+            )
+        )
+        .limit(limit)
     )
     items = session.scalars(
         select(Item.id)
@@ -645,11 +700,24 @@ def stale_work(session: Session, older_than_s: float, limit: int = 10_000) -> St
         .where(
             Job.dispatched_at.is_not(None),
             Item.status.in_((ItemStatus.queued, ItemStatus.fetching)),
-            func.coalesce(Item.fetch_started_at, Job.dispatched_at) < cutoff,
+            touched < cutoff,
+            or_(
+                true() if orchestrator_idle else never,
+                and_(Item.status == ItemStatus.fetching, Item.claimed_at < before(lost_fetch_s))
+                if lost_fetch_s is not None
+                else never,
+            ),
         )
         .limit(limit)
     )
-    results = session.scalars(
+
+    def of(models: Collection[str] | None) -> ColumnElement[bool]:
+        return true() if models is None else ModelResult.model_name.in_(list(models)) if models else never
+
+    started_long_ago = (
+        ModelResult.started_at < before(lost_analysis_s) if lost_analysis_s is not None else never
+    )
+    pending = (
         select(ModelResult.id)
         .where(
             ModelResult.status == ResultStatus.pending,
@@ -657,4 +725,10 @@ def stale_work(session: Session, older_than_s: float, limit: int = 10_000) -> St
         )
         .limit(limit)
     )
-    return StaleWork(list(jobs), list(items), list(results))
+    results = session.scalars(
+        pending.where(ModelResult.output.is_(None), or_(of(idle_models), started_long_ago))
+    )
+    staged = session.scalars(
+        pending.where(ModelResult.output.is_not(None), or_(of(idle_staged), started_long_ago))
+    )
+    return StaleWork(list(jobs), list(items), list(results), list(staged))

@@ -54,7 +54,6 @@ def infra(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
             "ATELIER_FETCH__DEADLINE_S": "5",
             "ATELIER_FETCH__MAX_BYTES": str(2 * 1024 * 1024),
             "ATELIER_FETCH__MAX_PIXELS": str(40_000_000),
-            "ATELIER_WORKER_MAX_RETRIES": "1",
             "ATELIER_WORKER_RETRY_BACKOFF_S": "0.2",
             "ATELIER_WORKER_VISIBILITY_TIMEOUT_S": "4",
             "ATELIER_WORKER_RESTORE_INTERVAL_S": "1",

@@ -14,10 +14,31 @@ ANALYSE_TASK = "atelier.analyse_task"
 CROPS_TASK = "atelier.crops_task"
 
 
+def task_seconds(service: str | None) -> float:
+    """The longest one task of this worker can run: a fetch (the fetcher's deadline, then decoding and
+    storing) or a model's micro-batch (``ATELIER_WORKER_TASK_BUDGET_S``)."""
+    if service is None:
+        return get_settings().fetch.deadline_s + 10.0
+    return get_worker_settings().task_budget_s
+
+
+def unacked_keys(queue: str) -> dict[str, str]:
+    """Each queue's workers keep their unacknowledged messages under their own keys, so that a worker
+    restores only its own queue's lost messages, after its own visibility timeout (kombu's default is
+    one hash for all queues, restored by any consumer after one timeout)."""
+    return {
+        "unacked_key": f"unacked:{queue}",
+        "unacked_index_key": f"unacked_index:{queue}",
+        "unacked_mutex_key": f"unacked_mutex:{queue}",
+    }
+
+
 def make_celery() -> Celery:
     settings, worker = get_settings(), get_worker_settings()
     app = Celery("atelier", broker=settings.redis_url, include=["worker.tasks"])
     orchestrator = settings.queues.orchestrator
+    served = worker.service
+    queue = orchestrator if served is None else settings.queues.for_service(served)
     app.conf.update(
         # a task is acknowledged after it ran, so a worker killed mid-task leaves its message to be
         # redelivered; every write is an idempotent upsert, so the redelivery changes nothing twice
@@ -31,7 +52,8 @@ def make_celery() -> Celery:
         task_default_queue=orchestrator,
         task_routes={DISPATCH_JOB_TASK: {"queue": orchestrator}, FETCH_TASK: {"queue": orchestrator}},
         broker_transport_options={
-            "visibility_timeout": worker.visibility_timeout_s,
+            **unacked_keys(queue),
+            "visibility_timeout": worker.visibility_timeout(task_seconds(served)),
             "unacked_restore_interval": worker.restore_interval_s,
             "unacked_restore_throttle": 1,
         },

@@ -17,6 +17,8 @@ from services.registry import get_spec
 from worker import broker, monitoring
 from worker.celery_app import CROPS_TASK, app
 from worker.serving import (
+    is_infrastructure_error,
+    requeue_on_infrastructure_error,
     retry_or_give_up,
     served_model,
     served_service,
@@ -67,8 +69,13 @@ def crops_task(result_id: str, blob_key: str) -> None:
 
     Runs in the crops service's worker (the classifier): all of an image's crops in one batch.
     """
+    with requeue_on_infrastructure_error(f"garment crops of {result_id}"):
+        _classify_crops(uuid.UUID(result_id), blob_key)
+
+
+def _classify_crops(result_id: uuid.UUID, blob_key: str) -> None:
     with transaction() as session:
-        staged = pipeline.staged_analysis(session, uuid.UUID(result_id), blob_key)
+        staged = pipeline.staged_analysis(session, result_id, blob_key)
     if staged is None:
         return  # finished already (a redelivery), or re-claimed by its own service
     claim, output = staged
@@ -81,6 +88,8 @@ def crops_task(result_id: str, blob_key: str) -> None:
             predictions = model.predict_crops(image, [garment["box"] for garment in garments])
         ms = (time.perf_counter() - started) * 1000.0
     except Exception as exc:  # retried, then recorded as the result's failure
+        if is_infrastructure_error(exc):
+            raise
 
         def give_up(error: Exception) -> None:
             with transaction() as session:

@@ -6,9 +6,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from celery.exceptions import Reject
 from PIL import Image
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    TimeoutError,
+)
 
 from common.blobstore import blob_store
 from common.images import decode_image
@@ -19,6 +29,7 @@ from db.versions import Availability
 from services.base import Model
 from services.registry import get_spec
 from worker import monitoring
+from worker.broker import BROKER_ERRORS
 from worker.settings import get_worker_settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +88,50 @@ def service_availability(*names: str) -> dict[str, Availability]:
         with transaction() as session:
             found |= {n: versions.availability(session, n) for n in served}
     return {n: found[n] for n in names}
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """The database or the broker is away (a restart, a network cut): nobody's fault, and nothing can be
+    recorded while it lasts, so the work waits for it instead of spending the item's retries."""
+    if isinstance(exc, SQLAlchemyError):
+        return isinstance(exc, DisconnectionError | OperationalError | InterfaceError | TimeoutError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        )
+    return isinstance(exc, BROKER_ERRORS)
+
+
+def infrastructure_backoff_s(deliveries: int) -> float:
+    """Delay before work that met an unreachable database or broker is tried again: doubling from one
+    second, capped at the longest retry delay; never counted against the item."""
+    return float(min(2.0 ** max(deliveries - 1, 0), get_worker_settings().retry_backoff_max_s))
+
+
+_infrastructure_failures = [0]  # consecutive, in this process
+
+
+@contextmanager
+def requeue_on_infrastructure_error(what: str, requeue: Callable[[], None] | None = None) -> Iterator[None]:
+    """The failure policy's other half: a task that meets an unreachable database or broker waits
+    (this worker thread sleeps, doubling from one second up to the longest retry delay, so a worker
+    does not spin through its queue while Postgres restarts) and returns its message to the queue.
+    Nothing is acknowledged and dropped: if the broker is away too, the message stays unacknowledged
+    and the broker hands it out again after the visibility timeout. Any other error propagates.
+
+    ``requeue``, for batch tasks, publishes copies of the batch's messages instead of rejecting one."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_infrastructure_error(exc):
+            raise
+        _infrastructure_failures[0] += 1
+        delay = infrastructure_backoff_s(_infrastructure_failures[0])
+        log.warning("%s: database or broker unreachable, back in the queue in %.0f s: %r", what, delay, exc)
+        time.sleep(delay)
+        if requeue is None:
+            raise Reject(repr(exc), requeue=True) from exc
+        requeue()  # a batch's messages are acknowledged together: copies of them go back instead
+    else:
+        _infrastructure_failures[0] = 0
 
 
 def backoff_s(retries: int) -> float:

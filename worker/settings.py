@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 from pydantic import Field
@@ -19,12 +20,21 @@ class WorkerSettings(BaseSettings):
     retry_backoff_s: float = Field(
         default=2.0, description="First retry delay in seconds; it doubles each retry."
     )
-    retry_backoff_max_s: float = Field(default=300.0, description="Longest retry delay in seconds.")
-    # Redis transport; one image per task takes seconds, so this is about what users will wait
-    visibility_timeout_s: int = Field(
-        default=900,
-        description="Seconds before a dead worker's unacknowledged task returns to its queue; keep it above "
-        "the longest task.",
+    retry_backoff_max_s: float = Field(
+        default=60.0,
+        description="Longest retry delay in seconds. A delayed retry waits in a worker, unacknowledged, so "
+        "the visibility timeout is derived from it.",
+    )
+    task_budget_s: float = Field(
+        default=60.0,
+        description="Longest a model worker's micro-batch (or a crops batch) may take, in seconds; with the "
+        "longest retry delay it sets a model queue's visibility timeout.",
+    )
+    visibility_timeout_s: int | None = Field(
+        default=None,
+        description="Seconds before a dead worker's unacknowledged messages return to its queue. Unset: "
+        "derived per queue from the longest its task can take (the fetch deadline, or TASK_BUDGET_S) plus "
+        "the longest retry delay and a 30 s margin.",
     )
     # kombu's default is ~100 s
     restore_interval_s: int = Field(
@@ -52,10 +62,33 @@ class WorkerSettings(BaseSettings):
         description="A model worker reports the version it serves this often (seconds); after three missed "
         "beats, analyses queued for that version move to the version that is served.",
     )
+    reconcile_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The orchestrator looks for work whose messages were lost this often (seconds); one "
+        "orchestrator at a time (a lock in the broker).",
+    )
+    reconcile_grace_s: float = Field(
+        default=30.0,
+        description="Work is republished only once it has waited this long (seconds): a job whose dispatch "
+        "was never published, or work of a queue with no message left, queued nor held by a worker.",
+    )
     metrics_port: int = Field(
         default=9100,
         description="Port of this worker's Prometheus metrics (http://<host>:<port>/metrics); 0: none.",
     )
+
+    def visibility_timeout(self, task_s: float) -> int:
+        """The visibility timeout of a queue whose task takes at most ``task_s`` seconds: a message
+        still held by a live worker (running, or waiting out a retry delay) is never handed to another."""
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return math.ceil(task_s + self.retry_backoff_max_s + 30.0)
+
+    def stale_after_s(self, task_s: float) -> float:
+        """Work claimed this long ago and not finished was lost with its message, even counting on the
+        broker to restore it (twice the visibility timeout): it is republished, whatever the queues hold."""
+        return 2.0 * self.visibility_timeout(task_s) + self.restore_interval_s
 
 
 @lru_cache

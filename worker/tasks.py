@@ -33,6 +33,8 @@ from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.crops import crops_service, stage_for_crops
 from worker.serving import (
     backoff_s,
+    is_infrastructure_error,
+    requeue_on_infrastructure_error,
     retry_or_give_up,
     served_model,
     service_availability,
@@ -52,6 +54,11 @@ def _fresh_connections_after_fork(**_: Any) -> None:
 @app.task(name=DISPATCH_JOB_TASK)
 def dispatch_job_task(job_id: str) -> int:
     """Expand a job into one fetch task per item, off the gateway's request path."""
+    with requeue_on_infrastructure_error(f"dispatch of job {job_id}"):
+        return _dispatch(job_id)
+
+
+def _dispatch(job_id: str) -> int:
     with transaction() as session:
         item_ids = pipeline.queued_item_ids(session, uuid.UUID(job_id))
     broker.fetch_items(item_ids)
@@ -63,7 +70,11 @@ def dispatch_job_task(job_id: str) -> int:
 
 @app.task(name=FETCH_TASK)
 def fetch_task(item_id: str) -> None:
-    item = uuid.UUID(item_id)
+    with requeue_on_infrastructure_error(f"fetch of item {item_id}"):
+        _fetch(uuid.UUID(item_id))
+
+
+def _fetch(item: uuid.UUID) -> None:
     with transaction() as session:
         claim = pipeline.claim_fetch(session, item)
     if claim is None:
@@ -91,6 +102,8 @@ def fetch_task(item_id: str) -> None:
             len(claims),
         )
     except Exception as exc:  # whatever went wrong, the item ends recorded (transient ones after retries)
+        if is_infrastructure_error(exc):
+            raise  # not the item's fault: its message goes back to the queue
         if isinstance(exc, ItemError) and not exc.transient:
             log.warning("item failed: %s: %s", exc.code, exc.detail)
             _fail_item(item, exc)
@@ -144,6 +157,15 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
     leaves them to be redelivered; each result is written in its own transaction (one lock order).
     """
     model = served_model()
+    queue = broker.service_queue(model.name)
+    messages = [(str(request.args[0]), str(request.args[1])) for request in requests]
+    with requeue_on_infrastructure_error(
+        f"{len(requests)} analyses", requeue=lambda: broker.analyse_again(messages, queue)
+    ):
+        _analyse(model, requests)
+
+
+def _analyse(model: Model, requests: list[SimpleRequest]) -> None:
     started: list[pipeline.AnalysisClaim] = []
     elsewhere: list[pipeline.AnalysisClaim] = []
     with transaction() as session:
@@ -281,16 +303,3 @@ def _retry_or_fail_analysis(claim: pipeline.AnalysisClaim, exc: Exception) -> No
         lambda countdown: broker.analyse([claim], countdown=countdown),
         give_up,
     )
-
-
-def republish_stale(older_than_s: float) -> pipeline.StaleWork:
-    """Publish again the work whose messages look lost (``atelier reconcile``)."""
-    with transaction() as session:
-        stale = pipeline.stale_work(session, older_than_s)
-    for job_id in stale.jobs:
-        broker.dispatch_job(job_id)
-    broker.fetch_items(stale.items)
-    with transaction() as session:
-        claims = [c for c in (pipeline.pending_analysis(session, r) for r in stale.results) if c is not None]
-    broker.analyse(claims)
-    return stale

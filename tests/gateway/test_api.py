@@ -239,7 +239,7 @@ def test_reconcile_republishes_work_whose_messages_were_lost(client: TestClient,
     from db import jobs
     from db.models import Job
     from db.session import session_factory
-    from worker.tasks import republish_stale
+    from worker.reconciler import republish_stale
 
     # given: one job never dispatched and one whose fetch messages vanished (committed, never published)
     stack.images.routes["/lost.png"] = (200, {}, NAVY)
@@ -250,7 +250,9 @@ def test_reconcile_republishes_work_whose_messages_were_lost(client: TestClient,
         lost = jobs.create_job(
             session, items=[ItemIn(url=stack.images.url("/lost.png"))], models=["properties"]
         )
-        session.execute(update(Job).where(Job.id == lost.job_id).values(dispatched_at=func.now()))
+        session.execute(
+            update(Job).where(Job.id == lost.job_id).values(published_at=func.now(), dispatched_at=func.now())
+        )
         session.commit()
 
     # when
