@@ -60,8 +60,21 @@ def served_model() -> Model:
 def report_served(model: Model) -> threading.Thread:
     """Tell the orchestrator which version this worker serves, now and then every heartbeat, so new
     analyses go to it and queued ones for a version nobody serves any more are moved to it."""
-    with transaction() as session:
-        versions.report_served(session, model.name, model.version, started=True)
+    failures = 0
+    while True:  # a worker started while Postgres is away waits for it rather than exiting
+        try:
+            with transaction() as session:
+                versions.report_served(session, model.name, model.version, started=True)
+            break
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise
+            failures += 1
+            delay = infrastructure_backoff_s(failures)
+            log.warning(
+                "cannot report %s %s yet, trying again in %.0f s: %r", model.name, model.version, delay, exc
+            )
+            time.sleep(delay)
     interval = get_worker_settings().heartbeat_s
 
     def beat() -> None:
@@ -100,10 +113,14 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return isinstance(exc, BROKER_ERRORS)
 
 
-def infrastructure_backoff_s(deliveries: int) -> float:
+# a database restart takes seconds: look again at least this often
+_INFRASTRUCTURE_BACKOFF_MAX_S = 8.0
+
+
+def infrastructure_backoff_s(failures: int) -> float:
     """Delay before work that met an unreachable database or broker is tried again: doubling from one
-    second, capped at the longest retry delay; never counted against the item."""
-    return float(min(2.0 ** max(deliveries - 1, 0), get_worker_settings().retry_backoff_max_s))
+    second with each consecutive failure in this process, capped at 8 s; never counted against the item."""
+    return float(min(2.0 ** max(failures - 1, 0), _INFRASTRUCTURE_BACKOFF_MAX_S))
 
 
 _infrastructure_failures = [0]  # consecutive, in this process
