@@ -90,7 +90,9 @@ class JobIn(BaseModel):
     items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_JOB)
     # checked against the service registry where a job is created (``services.registry.check_models``):
     # the wire contract does not depend on the services
-    models: list[str] | None = Field(default=None, description="subset of the model services; all by default")
+    models: list[str] | None = Field(
+        default=None, min_length=1, description="subset of the model services; all by default"
+    )
     explain: bool = Field(
         default=False,
         description="also store a Grad-CAM overlay (PNG) per classifier head, for people to look at",
@@ -140,9 +142,21 @@ class JobItemPage(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error answer other than 422 (whose ``detail`` lists what was refused and where)."""
+    """An error answer other than 422."""
 
     detail: str
+
+
+class Refusal(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class RefusedInput(BaseModel):
+    """A 422: each refused field, where it is (``loc``) and why (``msg``)."""
+
+    detail: list[Refusal]
 
 
 class ModelState(BaseModel):

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,6 +35,7 @@ from common.schemas import (
     JobItemPage,
     JobView,
     Problem,
+    RefusedInput,
 )
 from common.settings import get_settings
 from db import jobs, versions
@@ -108,13 +109,17 @@ app.add_middleware(_Measure)
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of a route (422 FastAPI documents itself where a route has input)."""
     described = {
+        400: "The body could not be parsed (not UTF-8).",
         404: "No such job or image.",
         413: "The request body, or one uploaded file, is larger than the gateway accepts.",
         415: "The upload is not multipart/form-data.",
         422: "The request was refused; ``detail`` lists each refused field and why.",
         500: "An unexpected error; the connection is closed after this answer.",
     }
-    return {code: {"model": Problem, "description": described[code]} for code in (*codes, 500)}
+    return {
+        code: {"model": RefusedInput if code == 422 else Problem, "description": described[code]}
+        for code in (*codes, 500)
+    }
 
 
 @app.get("/metrics", include_in_schema=False)
@@ -147,6 +152,10 @@ class JobIn(schemas.JobIn):  # same name: the OpenAPI document keeps calling the
     """The wire ``JobIn`` with its model names checked against the service registry while the body is
     validated, so an unknown model is a 422 beside any other error of the body."""
 
+    models: list[Annotated[str, Field(json_schema_extra={"enum": list(SERVICES)})]] | None = Field(
+        default=None, min_length=1, description="subset of the model services; all by default"
+    )
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str] | None) -> list[str] | None:
@@ -159,7 +168,7 @@ class JobIn(schemas.JobIn):  # same name: the OpenAPI document keeps calling the
     "/v1/jobs",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobCreated,
-    responses=_errors(413),
+    responses=_errors(400, 413),
 )
 def create_job(body: JobIn, session: SessionDep) -> JobCreated:
     limit = get_gateway_settings().max_metadata_bytes
@@ -192,9 +201,14 @@ _UPLOAD_BODY = {
                         FILES_FIELD: {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                             "description": "image files, each streamed to storage as it arrives",
                         },
-                        "models": {"type": "array", "items": {"type": "string"}},
+                        "models": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": list(SERVICES)},
+                            "minItems": 1,
+                        },
                         "external_ids": {
                             "type": "array",
                             "items": {"type": "string", "maxLength": MAX_EXTERNAL_ID_CHARS},
@@ -246,6 +260,15 @@ async def upload_job(request: Request) -> JobCreated:
         raise
     metrics.ITEMS_SUBMITTED.labels("upload").inc(len(uploads))
     return created
+
+
+@app.api_route(
+    UPLOAD_PATH, methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False
+)
+def upload_other_methods() -> None:
+    """405 for ``/v1/jobs/upload`` with another method than POST; without this route the path would
+    match ``/v1/jobs/{job_id}`` and answer 422 for the id "upload"."""
+    raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
 
 
 def _upload_form(reader: UploadReader) -> tuple[list[jobs.Upload], list[str] | None, bool]:
@@ -348,7 +371,9 @@ def list_images(
     job_id: uuid.UUID | None = None,
     sha256: Annotated[str | None, Query(pattern="^[0-9a-fA-F]{64}$")] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None, Query(pattern="^[A-Za-z0-9_-]{22}$", description="a page's next_cursor")
+    ] = None,
 ) -> ImagePage:
     settings = get_gateway_settings()
     size = min(limit or settings.page_size, settings.max_page_size)

@@ -15,6 +15,7 @@ from fastapi import HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.schemas import Problem, unstorable_text
@@ -165,7 +166,7 @@ async def _answer(scope: Scope, send: Send, exc: HTTPException) -> None:
 
 
 async def http_error(request: Request, exc: Exception) -> SafeJSONResponse:
-    assert isinstance(exc, HTTPException)
+    assert isinstance(exc, StarletteHTTPException)
     return SafeJSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
 

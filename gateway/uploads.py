@@ -141,6 +141,8 @@ class UploadReader:
         if b"filename" in options:
             part.filename = self._text(options[b"filename"], ["body", part.name, "filename"], "a file name")
         if part.name == FILES_FIELD:
+            if part.filename is None:  # a text field under the files' name, not a file
+                raise unprocessable(["body", FILES_FIELD, len(self.files)], "a file part needs a filename")
             self._open_file(part)
 
     def _open_file(self, part: _Part) -> None:

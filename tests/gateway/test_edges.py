@@ -152,7 +152,7 @@ def test_an_upload_is_stored_under_its_item(client: TestClient, clean_db: Infra)
     with session_factory()() as session:
         keys = [session.get(Item, ref["id"]).upload_key for ref in created["items"]]  # type: ignore[union-attr]
     root = clean_db.home / "blobs"
-    assert {key: (root / key).read_bytes() for key in keys} == {keys[0]: b"first", keys[1]: b"second"}
+    assert {key: (root / str(key)).read_bytes() for key in keys} == {keys[0]: b"first", keys[1]: b"second"}
 
 
 @pytest.mark.parametrize(
