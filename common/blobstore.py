@@ -1,7 +1,8 @@
 """Where image bytes live. Content-addressed keys make a second put of the same bytes a no-op.
 
 The pipeline only talks to ``BlobStore``; ``LocalBlobStore`` is the default. An S3-compatible store
-implements the same three methods (``put`` with If-None-Match, ``get``, ``exists``).
+implements the same methods (``put`` with If-None-Match, ``get``, ``exists``, ``delete``, and ``writer``
+for a blob streamed in pieces: a multipart upload).
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from pathlib import Path
 from typing import Protocol
 
 
+class BlobWriter(Protocol):
+    """A blob written in pieces: invisible under its key until ``commit``; ``abort`` leaves nothing."""
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class BlobStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def writer(self, key: str) -> BlobWriter: ...
 
 
 def sha256_hex(data: bytes) -> str:
@@ -68,6 +79,35 @@ class LocalBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def writer(self, key: str) -> BlobWriter:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _LocalWriter(path)
+
+
+class _LocalWriter:
+    """A temporary file beside the blob, renamed onto it on commit (readers never see half a blob)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        self._tmp = Path(tmp)
+        self._handle = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self._handle.write(data)
+
+    def commit(self) -> None:
+        self._handle.close()
+        os.replace(self._tmp, self._path)
+
+    def abort(self) -> None:
+        self._handle.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def blob_store(root: Path) -> BlobStore:

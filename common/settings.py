@@ -82,6 +82,15 @@ class CoreSettings(BaseSettings):
     model_repository: Path = Field(
         default=Path(".atelier/models"), description="The model repository (<model>/<version>/manifest.json)."
     )
+    # the gateway answers on anyio's 40 worker threads: 10 + 30 connections means a request never waits
+    # for a connection while holding a thread (Postgres allows 100 by default; workers hold a few each)
+    database_pool_size: int = Field(default=10, description="Database connections each process keeps open.")
+    database_max_overflow: int = Field(
+        default=30, description="Connections a process may open beyond the pool under load."
+    )
+    database_pool_timeout_s: float = Field(
+        default=10.0, description="Seconds a request waits for a free database connection before failing."
+    )
     queues: QueueSettings = Field(
         default_factory=QueueSettings,
         description="Queue names, one per concern; the gateway and every worker must agree.",

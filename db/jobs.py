@@ -24,6 +24,7 @@ from common.schemas import (
     ItemStatus,
     ItemSummary,
     JobCreated,
+    JobItemPage,
     JobView,
     ModelState,
 )
@@ -32,9 +33,12 @@ from db.models import Image, ImageRecord, Item, Job, ModelResult, uuid7
 
 @dataclass(frozen=True)
 class Upload:
+    """An uploaded file: its bytes, or the key it was already streamed to in the blob store."""
+
     filename: str
-    data: bytes
+    data: bytes | None = None
     external_id: str | None = None
+    key: str | None = None
 
 
 def create_job(
@@ -61,10 +65,12 @@ def create_job(
         for i, item in enumerate(items)
     ]
     for upload in uploads:
-        if store is None:
-            raise ValueError("uploads need a blob store")
-        key = f"uploads/{uuid7()}"
-        store.put(key, upload.data)
+        key = upload.key
+        if key is None:
+            if store is None or upload.data is None:
+                raise ValueError("an upload needs its stored key, or its bytes and a blob store")
+            key = upload_key()
+            store.put(key, upload.data)
         rows.append(
             {
                 "id": uuid7(),
@@ -101,20 +107,43 @@ def create_job(
     return JobCreated(job_id=job_id, models=chosen, items=refs)
 
 
-def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 10_000) -> JobView | None:
-    job = session.get(Job, job_id)
-    if job is None:
+def upload_key() -> str:
+    """A fresh blob key for an uploaded file (its own key: deleting it never touches another's)."""
+    return f"uploads/{uuid7()}"
+
+
+def referenced_upload_keys(session: Session, keys: Sequence[str]) -> set[str]:
+    """Which of these upload blob keys committed items point at."""
+    return set(session.scalars(select(Item.upload_key).where(Item.upload_key.in_(keys))))
+
+
+def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 0) -> JobView | None:
+    """The job and its counts per state; its first ``items_limit`` items (page with ``job_items``)."""
+    # done = finished - failed, the finished count from the job's own counter (the pipeline counts each
+    # item off in the transaction that ends it): the (job_id, status, position) index is read only for
+    # items that are not done, most of a large job once it has run. One statement, one snapshot.
+    not_done = (ItemStatus.queued, ItemStatus.fetching, ItemStatus.analysing, ItemStatus.failed)
+    tallies = (
+        select(*(func.count().filter(Item.status == s).label(s.value) for s in not_done))
+        .where(Item.job_id == Job.id, Item.status.in_(not_done))
+        .lateral()
+    )
+    row = session.execute(select(Job, tallies).where(Job.id == job_id)).first()
+    if row is None:
         return None
-    counts = dict.fromkeys(ItemStatus, 0)
-    for status, count in session.execute(
-        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-    ):
-        counts[status] = count
-    states = session.execute(
-        select(Item.id, Item.position, Item.status, Item.error_code)
-        .where(Item.job_id == job_id)
-        .order_by(Item.position)
-        .limit(items_limit)
+    job = row[0]
+    counts = {s: int(getattr(row, s.value)) for s in not_done}
+    counts[ItemStatus.done] = job.item_count - job.pending_items - counts[ItemStatus.failed]
+    counts = {s: counts[s] for s in ItemStatus}
+    states = (
+        session.execute(
+            select(Item.id, Item.position, Item.status, Item.error_code)
+            .where(Item.job_id == job_id)
+            .order_by(Item.position)
+            .limit(items_limit)
+        ).all()
+        if items_limit
+        else []
     )
     return JobView(
         id=job.id,
@@ -126,6 +155,26 @@ def job_view(session: Session, job_id: uuid.UUID, items_limit: int = 10_000) -> 
         finished_at=job.finished_at,
         items=[ItemSummary(id=i, position=p, status=s, error_code=e) for i, p, s, e in states],
     )
+
+
+def job_items(
+    session: Session, job_id: uuid.UUID, *, limit: int, after: int = -1, status: ItemStatus | None = None
+) -> JobItemPage | None:
+    """A page of the job's items after position ``after``: keyset on the (job_id[, status], position)
+    indexes, so the millionth page costs what the first does."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        return None
+    query = (
+        select(Item.id, Item.position, Item.status, Item.error_code)
+        .where(Item.job_id == job_id, Item.position > after)
+        .order_by(Item.position)
+        .limit(limit + 1)
+    )
+    if status is not None:
+        query = query.where(Item.status == status)
+    rows = session.execute(query).all()
+    page = [ItemSummary(id=i, position=p, status=s, error_code=e) for i, p, s, e in rows[:limit]]
+    return JobItemPage(items=page, next_after=page[-1].position if len(rows) > limit else None)
 
 
 def finished_at(session: Session, job_id: uuid.UUID) -> datetime | None:

@@ -118,7 +118,8 @@ class Item(Base):
     finished_at: Mapped[datetime | None] = _ts()
 
     __table_args__ = (
-        Index("ix_items_job_status", "job_id", "status"),
+        Index("ix_items_job_position", "job_id", "position"),
+        Index("ix_items_job_status_position", "job_id", "status", "position"),
         Index("ix_items_external_id", "external_id"),
         Index("ix_items_image_status", "image_id", "status"),
         Index("ix_items_status_id", "status", "id"),

@@ -14,11 +14,13 @@ from common.settings import get_settings
 
 @lru_cache
 def get_engine(url: str | None = None) -> Engine:
+    settings = get_settings()
     return create_engine(
-        url or get_settings().sqlalchemy_url,
+        url or settings.sqlalchemy_url,
         pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=10,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout_s,
     )
 
 

@@ -16,7 +16,27 @@ class GatewaySettings(BaseSettings):
     max_upload_bytes: int = Field(
         default=25 * 1024 * 1024, description="Largest uploaded file, in bytes (25 MiB)."
     )
-    max_upload_files: int = Field(default=1000, description="Most files in one upload request.")
+    # 100 product photos per request is a catalogue page; more belong in several requests or in a URL
+    # job (10,000 items). 1,000 x 25 MiB let one request hold 25 GB of a gateway's disk and memory.
+    max_upload_files: int = Field(default=100, description="Most files in one upload request.")
+    max_upload_request_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        description="Largest upload request body, all files and fields together, in bytes (256 MiB); "
+        "refused with 413 while it streams in.",
+    )
+    max_json_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description="Largest JSON request body, in bytes (16 MiB: 10,000 items with URLs, ids and small "
+        "metadata); refused with 413 while it streams in.",
+    )
+    max_metadata_bytes: int = Field(
+        default=8 * 1024,
+        description="Largest metadata of one item, as serialized JSON bytes (8 KiB); it is returned on every "
+        "read of the item.",
+    )
+    max_form_field_bytes: int = Field(
+        default=64 * 1024, description="Largest non-file field of an upload form, in bytes (64 KiB)."
+    )
     page_size: int = Field(default=100, description="Default page size of the image listing.")
     max_page_size: int = Field(default=1000, description="Largest page size a client may ask for.")
     readiness_timeout_s: float = Field(default=2.0, description="Seconds /readyz waits for the broker.")
