@@ -23,6 +23,7 @@ from common.schemas import ImagePage, ImageView, ItemStatus, JobCreated, JobView
 from common.settings import get_settings
 from db import jobs, versions
 from db.session import ping, session_factory
+from gateway.auth import ProtectedRoute, QuotaDep
 from gateway.settings import get_gateway_settings
 from services.registry import SERVICES, check_models
 from worker import broker
@@ -34,6 +35,8 @@ app = FastAPI(
     version="0.1.0",
     summary="Fashion image analysis: submit image URLs or files, read merged model attributes.",
 )
+# every route below needs an API key of the scope its path and method call for (gateway/auth.py)
+app.router.route_class = ProtectedRoute
 
 
 @app.middleware("http")
@@ -89,7 +92,8 @@ class JobIn(schemas.JobIn):  # same name: the OpenAPI document keeps calling the
 
 
 @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
-def create_job(body: JobIn, session: SessionDep) -> JobCreated:
+def create_job(body: JobIn, session: SessionDep, quota: QuotaDep) -> JobCreated:
+    quota.spend(len(body.items))
     created = _submit(session, ["body", "models"], items=body.items, models=body.models, explain=body.explain)
     metrics.ITEMS_SUBMITTED.labels("url").inc(len(body.items))
     return created
@@ -98,6 +102,7 @@ def create_job(body: JobIn, session: SessionDep) -> JobCreated:
 @app.post("/v1/jobs/upload", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
 def upload_job(
     session: SessionDep,
+    quota: QuotaDep,
     files: Annotated[list[UploadFile], File(description="image files")],
     models: Annotated[list[str] | None, Form()] = None,
     external_ids: Annotated[list[str] | None, Form(description="one per file, in order")] = None,
@@ -114,6 +119,7 @@ def upload_job(
         check_models(models)
     except ValueError as exc:
         _unprocessable(["body", "models"], str(exc))
+    quota.spend(len(files))
     uploads = [
         jobs.Upload(
             f.filename or f"upload-{i}",
