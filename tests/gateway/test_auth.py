@@ -330,3 +330,18 @@ def test_cli_refuses_bad_input_clearly(infra: Infra) -> None:
     assert bad_rate.exit_code == 2 and "'lots'" in bad_rate.output
     unknown = runner.invoke(app, ["keys", "revoke", str(uuid.uuid4())])
     assert unknown.exit_code == 1 and "no key" in unknown.output
+
+
+def test_an_unreachable_valkey_lets_requests_through_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.ratelimit import Limiter, parse_rate
+
+    # given: nothing listens on port 1
+    limiter = Limiter("redis://127.0.0.1:1/0", timeout_s=0.5)
+
+    # when
+    with caplog.at_level("WARNING", logger="gateway.ratelimit"):
+        verdict = limiter.hit(parse_rate("1/hour"), "requests", "key", "k")
+
+    # then
+    assert verdict.allowed
+    assert "not counted" in caplog.text
