@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from atelier.stack import Stack
@@ -379,6 +380,93 @@ def versions_retire(
     with transaction() as session:
         count = versions.retire(session, service, version)
     err.print(f"retired {count} version(s) of {service}")
+
+
+keys_app = typer.Typer(
+    no_args_is_help=True, help="The gateway's API keys (stored hashed: a secret is shown once, at creation)."
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        list[str], typer.Option(help="submit, read or admin (admin implies the others); repeatable")
+    ],
+    name: Annotated[str, typer.Option(help="who or what the key is for")] = "",
+    rate_limit: Annotated[
+        str | None, typer.Option(help="this key's request rate, e.g. \"20/second\" (default: the gateway's)")
+    ] = None,
+    items_per_day: Annotated[
+        int | None, typer.Option(min=0, help="items it may submit per 24 hours (default: the gateway's)")
+    ] = None,
+) -> None:
+    """Make an API key and print its secret on stdout: the only time it is shown."""
+    from db import keys
+    from db.session import transaction
+    from gateway.ratelimit import parse_rate
+
+    try:
+        scopes = [keys.Scope(s) for s in scope]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}; one of submit, read, admin", param_hint="--scope") from exc
+    if rate_limit is not None:
+        try:
+            parse_rate(rate_limit)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--rate-limit") from exc
+    with transaction() as session:
+        row, secret = keys.create_key(
+            session, scopes, name=name, rate_limit=rate_limit, items_per_day=items_per_day
+        )
+    err.print(
+        f"created key {row.id} ({row.prefix}…, {', '.join(row.scopes)}); store the secret now:", markup=False
+    )
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key with its prefix, scopes, limits and dates (never a secret: none is stored)."""
+    from db import keys
+    from db.session import transaction
+
+    table = Table("id", "prefix", "name", "scopes", "limits", "created", "last used", "revoked")
+    with transaction() as session:
+        for row in keys.list_keys(session):
+            limits = ", ".join(
+                part
+                for part in (row.rate_limit, f"{row.items_per_day} items/day" if row.items_per_day else "")
+                if part
+            )
+            table.add_row(
+                str(row.id),
+                row.prefix,
+                Text(row.name),  # as typed: never read as Rich markup
+                ", ".join(row.scopes),
+                limits or "default",
+                f"{row.created_at:%F %T}",
+                f"{row.last_used_at:%F %T}" if row.last_used_at else "",
+                f"{row.revoked_at:%F %T}" if row.revoked_at else "",
+            )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id, or its prefix (atk_...)")]) -> None:
+    """Revoke a key: the gateway refuses it from the next request on."""
+    from db import keys
+    from db.session import transaction
+
+    try:
+        with transaction() as session:
+            row = keys.revoke(session, key)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="KEY") from exc
+    if row is None:
+        err.print(f"no key {key!r}", markup=False)
+        raise typer.Exit(1)
+    err.print(f"revoked key {row.id} ({row.prefix}…) at {row.revoked_at:%F %T}", markup=False)
 
 
 @app.command()

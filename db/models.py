@@ -13,6 +13,7 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Enum,
     ForeignKey,
@@ -219,3 +220,35 @@ class ServedVersion(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     # the last heartbeat of any worker serving it: live while recent
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ApiKey(Base):
+    """A gateway API key (``db.keys``). The secret itself is never stored: only its SHA-256, which the
+    gateway looks up, and a short prefix of it that people recognise the key by."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid7)
+    name: Mapped[str] = mapped_column(String(200), nullable=False, default="", server_default="")
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    secret_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # "submit", "read", "admin" (admin implies the others)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(16)), nullable=False)
+    # this key's own limits; None: the gateway's defaults (ATELIER_GATEWAY_KEY_RATE_LIMIT, ..._ITEMS_PER_DAY)
+    rate_limit: Mapped[str | None] = mapped_column(String(64))
+    items_per_day: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    revoked_at: Mapped[datetime | None] = _ts()
+    # refreshed at most once a minute per key (db.keys.TOUCH_INTERVAL), not on every request
+    last_used_at: Mapped[datetime | None] = _ts()
+
+    __table_args__ = (
+        UniqueConstraint("secret_hash", name="uq_api_keys_secret_hash"),
+        CheckConstraint(
+            "cardinality(scopes) > 0 AND scopes <@ ARRAY['submit', 'read', 'admin']::varchar[]",
+            name="ck_api_keys_scopes",
+        ),
+        CheckConstraint("items_per_day IS NULL OR items_per_day >= 0", name="ck_api_keys_items_per_day"),
+    )

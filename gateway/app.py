@@ -41,6 +41,7 @@ from common.settings import get_settings
 from db import jobs, versions
 from db.session import ping, session_factory
 from gateway import edges
+from gateway.auth import ProtectedRoute, QuotaDep
 from gateway.settings import get_gateway_settings
 from gateway.uploads import FILES_FIELD, UploadReader, unprocessable
 from services.registry import SERVICES, check_models
@@ -56,6 +57,8 @@ app = FastAPIOffline(
 app.add_exception_handler(StarletteHTTPException, edges.http_error)
 app.add_exception_handler(RequestValidationError, edges.validation_error)
 app.add_exception_handler(Exception, edges.server_error)
+# every route below needs an API key of the scope its path and method call for (gateway/auth.py)
+app.router.route_class = ProtectedRoute
 
 UPLOAD_PATH = "/v1/jobs/upload"
 
@@ -170,7 +173,7 @@ class JobIn(schemas.JobIn):  # same name: the OpenAPI document keeps calling the
     response_model=JobCreated,
     responses=_errors(400, 413),
 )
-def create_job(body: JobIn, session: SessionDep) -> JobCreated:
+def create_job(body: JobIn, session: SessionDep, quota: QuotaDep) -> JobCreated:
     limit = get_gateway_settings().max_metadata_bytes
     for i, item in enumerate(body.items):
         size = _json_size(item.metadata)
@@ -178,6 +181,7 @@ def create_job(body: JobIn, session: SessionDep) -> JobCreated:
             raise unprocessable(
                 ["body", "items", i, "metadata"], f"metadata of {size} bytes as JSON; at most {limit}"
             )
+    quota.spend(len(body.items))
     created = _submit(session, ["body", "models"], items=body.items, models=body.models, explain=body.explain)
     metrics.ITEMS_SUBMITTED.labels("url").inc(len(body.items))
     return created
@@ -234,7 +238,7 @@ _UPLOAD_BODY = {
     responses=_errors(413, 415, 422),
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_job(request: Request) -> JobCreated:
+async def upload_job(request: Request, quota: QuotaDep) -> JobCreated:
     """Files are read as they arrive and written to the blob store, each capped while it streams
     (``max_upload_bytes``), the request too (``max_upload_request_bytes``); a request refused or failed
     at any point deletes what it wrote."""
@@ -253,6 +257,7 @@ async def upload_job(request: Request) -> JobCreated:
                 await run_in_threadpool(reader.feed, chunk)
         reader.finish()
         uploads, models, explain = _upload_form(reader)
+        quota.spend(len(uploads))
         created = await run_in_threadpool(_submit_uploads, uploads, models, explain)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a client gone mid-upload still has its blobs deleted

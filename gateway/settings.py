@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.ratelimit import parse_rate
 
 
 class GatewaySettings(BaseSettings):
@@ -40,6 +42,44 @@ class GatewaySettings(BaseSettings):
     page_size: int = Field(default=100, description="Default page size of the image listing.")
     max_page_size: int = Field(default=1000, description="Largest page size a client may ask for.")
     readiness_timeout_s: float = Field(default=2.0, description="Seconds /readyz waits for the broker.")
+    # --- who may do what (gateway/auth.py) ---
+    require_keys: bool | None = Field(
+        default=None,
+        description="Whether every route but /healthz, /readyz, /metrics and the API docs needs an API key "
+        "(atelier keys create). Unset: required unless ATELIER_ENVIRONMENT is development.",
+    )
+    key_rate_limit: str = Field(
+        default="50/second",
+        description='Requests one API key may make, as "N/second" (or minute, hour, day), counted in a '
+        "sliding window in Valkey; a key's own limit (keys create --rate-limit) replaces it.",
+    )
+    key_items_per_day: int = Field(
+        default=100_000,
+        ge=0,
+        description="Items (URLs and files) one API key may submit in any 24 hours; a key's own quota "
+        "(keys create --items-per-day) replaces it.",
+    )
+    anonymous_rate_limit: str = Field(
+        default="1000/second",
+        description="Requests one client address may make without a key, where keys are not required "
+        "(development); the embedded stack and the tests stay far below it.",
+    )
+    rate_limit_timeout_s: float = Field(
+        default=0.5,
+        description="Seconds the gateway waits for Valkey to count a request; past it (or with Valkey "
+        "down) the request is served uncounted and a warning logged.",
+    )
+
+    @field_validator("key_rate_limit", "anonymous_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+    def keys_required(self, environment: str) -> bool:
+        """``require_keys``, or when unset, whether ``environment`` (ATELIER_ENVIRONMENT) is not
+        development."""
+        return self.require_keys if self.require_keys is not None else environment != "development"
 
 
 @lru_cache
