@@ -23,7 +23,8 @@ class FetchSettings(BaseModel):
         default=10.0, description="Seconds to wait between two reads of an image download."
     )
     deadline_s: float = Field(
-        default=30.0, description="Seconds one whole download may take: DNS, connects, TLS, redirects and body."
+        default=30.0,
+        description="Seconds one whole download may take: DNS, connects, TLS, redirects and body.",
     )
     slow_after_s: float = Field(
         default=5.0,

@@ -37,11 +37,9 @@ def view(position: int, **fields: Any) -> ImageView:
 
 def rendered(renderable: Any) -> str:
     # a console with markup and emoji on, as Rich's defaults are: the table itself must be safe
-    console = Console(file=StringIO(), width=400, color_system=None)
-    console.print(renderable)
-    output = console.file.getvalue()
-    assert isinstance(output, str)
-    return output
+    buffer = StringIO()
+    Console(file=buffer, width=400, color_system=None).print(renderable)
+    return buffer.getvalue()
 
 
 def test_table_shows_urls_and_file_names_verbatim() -> None:

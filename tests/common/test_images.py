@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageFile, features
 
-from common.errors import ItemError
 from common import images
+from common.errors import ItemError
 from common.images import decode_image, sniff_format
 
 MAX_PIXELS = 1_000_000
@@ -241,6 +241,7 @@ def test_pillow_bomb_error_quotes_our_limit() -> None:
 
     assert error.code == "decompression_bomb"
     assert "ATELIER_FETCH__MAX_PIXELS=64000000" in error.detail
+    assert Image.MAX_IMAGE_PIXELS is not None
     assert str(2 * Image.MAX_IMAGE_PIXELS) not in error.detail
 
 
@@ -340,7 +341,7 @@ def test_format_this_installation_cannot_read_is_unsupported(
 ) -> None:
     # given an installation without the decoder (Pillow built without libavif, no pillow-heif)
     if switch == "avif_support":
-        monkeypatch.setattr(images.features, "check", lambda feature: False)
+        monkeypatch.setattr(features, "check", lambda feature: False)
     else:
         monkeypatch.setattr(images, "HEIF_READABLE", False)
     data = b"\x00\x00\x00\x1cftyp" + brand + b"\x00\x00\x00\x00mif1miaf" + b"\x00" * 32
