@@ -41,6 +41,7 @@ MODELS = ["properties"]
 HOSTILE_HOST = "127.0.0.2"
 DRIP_INTERVAL_S = 0.5  # one byte this often: far inside the read timeout, so only a deadline stops it
 JOB_TIMEOUT_S = 300.0
+WARMUP_IMAGES = 4
 POLL_S = 0.1
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     if args.only is not None:
         hostile, lane_off = RUNS[args.only]
-        images = garment_jpegs(args.ordinary, seed=7, size=256)
+        images = garment_jpegs(WARMUP_IMAGES + args.ordinary, seed=7, size=256)
         run = _run(images, hostile=args.hostile if hostile else 0, lane_off=lane_off)
         args.json.write_text(json.dumps(run))
         return
@@ -102,7 +103,7 @@ def _run(images: list[bytes], *, hostile: int, lane_off: bool) -> dict[str, Any]
     from atelier.stack import DEFAULT_WORKERS, Stack
 
     name = "alone" if not hostile else ("lane off" if lane_off else "lane on")
-    _progress(f"{name}: {hostile} never-ending URLs, then {len(images)} ordinary ones")
+    _progress(f"{name}: {hostile} never-ending URLs, then {len(images) - WARMUP_IMAGES} ordinary ones")
     overrides = {"ATELIER_FETCH__SLOW_AFTER_S": str(FetchSettings().deadline_s)} if lane_off else {}
     with (
         bench_home() as home,
@@ -113,11 +114,14 @@ def _run(images: list[bytes], *, hostile: int, lane_off: bool) -> dict[str, Any]
     ):
         configure(home, servers, allow_hosts=[ordinary.authority, endless.authority])
         urls = [_publish(ordinary, i, data) for i, data in enumerate(images)]
+        measured = urls[WARMUP_IMAGES:]
         with Stack(home, workers=DEFAULT_WORKERS) as stack:
+            # a warm-up job first, so no run counts the workers' first-task costs
+            _wait_finished(stack, _submit(urls[:WARMUP_IMAGES]))
             if hostile:
                 _submit([endless.url(f"/endless-{i}.jpg") for i in range(hostile)])
                 _wait_until(lambda: endless.started >= min(hostile, 8), "the endless fetches to start")
-            job_id = _submit(urls)
+            job_id = _submit(measured)
             _wait_finished(stack, job_id)
             return {"hostile": hostile, "lane_off": lane_off, **_latencies(job_id)}
 
