@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
 app.add_typer(db_app, name="db")
-err = Console(stderr=True, soft_wrap=True)
+# URLs, file names, error details and exception text are printed as they are: neither console reads
+# Rich markup ("[/x]" in a URL) or emoji codes (":x:") in what it prints; styles go in style=.
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+
+
+def _stdout() -> Console:
+    return Console(markup=False, emoji=False)
+
 
 HOME_OPTION = typer.Option(envvar="ATELIER_HOME", help="where the embedded servers keep their data")
 
@@ -80,7 +87,7 @@ def worker(
         try:
             model = served_model()
         except ArtifactError as exc:
-            err.print(f"[red]{exc}[/red]", soft_wrap=True)
+            err.print(str(exc), style="red", soft_wrap=True)
             raise typer.Exit(3) from exc
         report_served(model)  # from now on new analyses of this service go to this version
     queues = settings.queues
@@ -358,13 +365,13 @@ def versions_list() -> None:
         for row in versions.served(session):
             current = versions.current_version(session, row.model_name) == row.model_version
             table.add_row(
-                row.model_name,
-                row.model_version,
+                Text(row.model_name),
+                Text(row.model_version),
                 f"{row.started_at:%F %T}",
                 f"{row.seen_at:%F %T}",
                 "yes" if current else "",
             )
-    Console().print(table)
+    _stdout().print(table)
 
 
 @versions_app.command("retire")
@@ -564,7 +571,7 @@ def analyze(
     if as_json:
         sys.stdout.write(json.dumps([v.model_dump(mode="json") for v in views], indent=2) + "\n")
     else:
-        Console().print(_table(views))
+        _stdout().print(_table(views))
         done = sum(v.status == "done" for v in views)
         failures = [
             f"failed {v.url or v.filename}: {v.error.code}: {v.error.detail}" for v in views if v.error
@@ -653,8 +660,10 @@ def _table(views: list[ImageView]) -> Table:
         background = props.get("background") or {}
         bg = ("plain " + background["colour"]) if background.get("plain") else ("busy" if background else "")
         sharp = f"{props['sharpness']:.0f}" if "sharpness" in props else ""
-        last = f"[red]{v.error.code}[/red]" if v.error else ""
-        table.add_row(v.url or v.filename or "", v.status, size, colours, sharp, bg, last)
+        last = Text(v.error.code, style="red") if v.error else Text("")
+        # Text cells: a URL or file name is shown as given, never read as Rich markup
+        cells = (v.url or v.filename or "", str(v.status), size, colours, sharp, bg)
+        table.add_row(*map(Text, cells), last)
     return table
 
 
@@ -705,5 +714,9 @@ def config_check() -> None:
     diffs = settings_render.drift()
     if diffs:
         typer.echo("".join(diffs.values()), nl=False)
-        err.print(f"[red]out of date: {', '.join(map(str, diffs))}[/red]; run `atelier config render`")
+        err.print(
+            Text.assemble(
+                (f"out of date: {', '.join(map(str, diffs))}", "red"), "; run `atelier config render`"
+            )
+        )
         raise typer.Exit(1)

@@ -3,28 +3,43 @@
 Every hop (the first request and each redirect) is parsed, resolved and checked before anything connects:
 http/https only, and every address the host resolves to must be public. The connection then goes to the
 checked address itself (``Host`` header and TLS SNI carry the hostname), so a second DNS answer cannot
-swap in an internal address. Size, time and redirect limits come from ``FetchSettings``. Every failure is
-an ``ItemError``; see ``fetch_url`` for the codes.
+swap in an internal address; when one address refuses the connection, the next one is tried. Size, time
+and redirect limits come from ``FetchSettings``. Every failure is an ``ItemError``; see ``fetch_url`` for
+the codes.
+
+Time: one deadline bounds the whole fetch, DNS included (the lookup runs on a helper thread so the fetch
+can stop waiting for it). Fairness: a fetch still running after ``slow_after_s`` must take one of the
+process's slow slots (``SlowLane``: ``max_slow`` in all, ``max_slow_per_host`` per host name) to go on;
+without one it stops with ``slow_host`` and is retried later, so slow or endless hosts hold at most
+``max_slow`` of a worker's threads and ordinary images keep the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import ssl
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from urllib.parse import urljoin
 
 import httpx
+import idna
 
 from common.errors import ItemError
 from common.images import sniff_format
 from common.settings import FetchSettings
+
+log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], list[str]]
 IPAddress = IPv4Address | IPv6Address
@@ -58,8 +73,14 @@ _HOSTNAME = re.compile(r"^[a-z0-9_.-]+$")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _DEADLINE_SLACK_S = 0.01
-# Only the formats common.images decodes, so servers that negotiate (AVIF, JPEG XL) send one we read.
-_ACCEPT = "image/webp,image/png,image/jpeg,image/gif,image/bmp,image/tiff;q=0.9,*/*;q=0.1"
+_MAX_NAME, _MAX_LABEL = 253, 63  # RFC 1035 2.3.4, in octets of the ASCII (IDNA) form
+# Only the formats common.images decodes, so servers that negotiate (JPEG XL) send one we read.
+_ACCEPT = (
+    "image/avif,image/heic,image/webp,image/png,image/jpeg,image/gif,image/bmp,image/tiff;q=0.9,*/*;q=0.1"
+)
+# getaddrinfo has no timeout: lookups run here and the fetch stops waiting at its deadline. A lookup that
+# hangs keeps its thread until the system resolver gives up (its own timeouts, seconds).
+_DNS_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="atelier-dns")
 
 
 @dataclass(frozen=True)
@@ -86,21 +107,123 @@ class _Target:
         return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
 
 
-def fetch_url(url: str, settings: FetchSettings, *, resolver: Resolver | None = None) -> Fetched:
+class SlowLane:
+    """How many fetches of one process may run past ``slow_after_s`` at once: ``total`` in all and
+    ``per_host`` per host name. Thread-safe; never blocks."""
+
+    def __init__(self, total: int, per_host: int) -> None:
+        self.total = total
+        self.per_host = per_host
+        self._lock = threading.Lock()
+        self._hosts: Counter[str] = Counter()
+
+    def enter(self, host: str) -> bool:
+        """Take a slot for a slow fetch from ``host``; False when none is free."""
+        with self._lock:
+            if self._hosts.total() >= self.total or self._hosts[host] >= self.per_host:
+                return False
+            self._hosts[host] += 1
+            return True
+
+    def leave(self, host: str) -> None:
+        with self._lock:
+            self._hosts[host] -= 1
+            if self._hosts[host] <= 0:
+                del self._hosts[host]
+
+    def running(self, host: str) -> tuple[int, int]:
+        """Slow fetches running now: in all, and from ``host``."""
+        with self._lock:
+            return self._hosts.total(), self._hosts[host]
+
+
+@cache
+def process_lane(total: int, per_host: int) -> SlowLane:
+    """The lane every fetch of this process shares (one per pair of limits)."""
+    return SlowLane(total, per_host)
+
+
+class _Extended(Exception):
+    """A timeout fired at the end of the fast phase and the fetch got a slow slot: send the hop again."""
+
+
+class _Clock:
+    """The fetch's time: a fast phase of ``slow_after_s``, then, holding a slow slot, the rest of the
+    deadline. ``limit`` is when the phase now running ends."""
+
+    def __init__(self, settings: FetchSettings, lane: SlowLane) -> None:
+        started = time.monotonic()
+        self.settings = settings
+        self.lane = lane
+        self.deadline = started + settings.deadline_s
+        self.limit = min(self.deadline, started + settings.slow_after_s)
+        self.slot: str | None = None
+
+    def remaining(self, target: _Target, during: str) -> float:
+        """Seconds left in this phase; at its end, the next phase begins or the fetch stops."""
+        left = self.limit - time.monotonic()
+        if left <= 0:
+            self.phase_ended(target, during)
+            left = self.limit - time.monotonic()
+        return max(left, _DEADLINE_SLACK_S)
+
+    def at_limit(self) -> bool:
+        return time.monotonic() >= self.limit - _DEADLINE_SLACK_S
+
+    def phase_ended(self, target: _Target, during: str) -> None:
+        """Go on with a slow slot, or raise ``deadline_exceeded`` / ``slow_host``."""
+        url = str(target.url)
+        if self.limit >= self.deadline:
+            raise ItemError(
+                "deadline_exceeded",
+                f"fetch deadline of {self.settings.deadline_s:g} s passed {during} {url!r}",
+                transient=True,
+            )
+        if not self.lane.enter(target.host):
+            total, host = self.lane.running(target.host)
+            raise ItemError(
+                "slow_host",
+                f"still {during} {url!r} after {self.settings.slow_after_s:g} s, while {total} slow "
+                f"fetches run ({host} from {target.host!r}; at most {self.lane.total}, "
+                f"{self.lane.per_host} per host)",
+                transient=True,
+            )
+        self.slot = target.host
+        self.limit = self.deadline
+
+    def release(self) -> None:
+        if self.slot is not None:
+            self.lane.leave(self.slot)
+            self.slot = None
+
+
+def fetch_url(
+    url: str, settings: FetchSettings, *, resolver: Resolver | None = None, lane: SlowLane | None = None
+) -> Fetched:
     """GET ``url`` and return its body, refusing anything that could reach an internal address.
 
     Error codes: ``invalid_url``, ``unsupported_scheme``, ``dns_failure``*, ``blocked_metadata``,
     ``blocked_loopback``, ``blocked_unspecified``, ``blocked_link_local``, ``blocked_multicast``,
     ``blocked_private``, ``blocked_reserved``, ``blocked_non_global``, ``too_many_redirects``,
-    ``fetch_timeout``*, ``deadline_exceeded``*, ``connect_error``*, ``tls_error``, ``http_error``
-    (* for 408/425/429/5xx), ``too_large``, and from ``sniff_format`` ``empty_body`` and ``not_an_image``.
-    Starred codes are transient. ``resolver(host, port)`` replaces DNS (tests inject answers with it).
+    ``fetch_timeout``*, ``deadline_exceeded``*, ``slow_host``*, ``connect_error``*, ``tls_error``,
+    ``http_error`` (* for 408/425/429/5xx), ``too_large``, and from ``sniff_format`` ``empty_body`` and
+    ``not_an_image``. Starred codes are transient. ``resolver(host, port)`` replaces DNS (tests inject
+    answers with it); ``lane`` replaces the process's ``SlowLane``.
     """
-    resolve = resolver or resolve_host
-    deadline = time.monotonic() + settings.deadline_s
+    clock = _Clock(settings, lane or process_lane(settings.max_slow, settings.max_slow_per_host))
+    try:
+        return _follow(url, settings, resolver or resolve_host, clock)
+    finally:
+        clock.release()
+
+
+def _follow(url: str, settings: FetchSettings, resolve: Resolver, clock: _Clock) -> Fetched:
     current = url
     for redirects in range(settings.max_redirects + 1):
-        outcome = _hop(current, redirects, settings, resolve, deadline)
+        try:
+            outcome = _hop(current, redirects, settings, resolve, clock)
+        except _Extended:
+            outcome = _hop(current, redirects, settings, resolve, clock)  # the clock runs to the deadline now
         if isinstance(outcome, Fetched):
             return outcome
         current = outcome
@@ -110,20 +233,39 @@ def fetch_url(url: str, settings: FetchSettings, *, resolver: Resolver | None = 
 
 
 def _hop(
-    url: str, redirects: int, settings: FetchSettings, resolve: Resolver, deadline: float
+    url: str, redirects: int, settings: FetchSettings, resolve: Resolver, clock: _Clock
 ) -> Fetched | str:
     """One request: the fetched body, or the absolute URL it redirects to."""
     target = _parse(url)
-    address = _checked_address(target, settings, resolve)
-    with _transport_errors(target, deadline), _client(settings) as client:
-        with _send(client, target, address, settings, deadline) as response:
-            location = _next_location(response, target)
-            if location is not None:
-                return urljoin(str(target.url), location)
-            data = _read_body(response, target, settings.max_bytes, deadline)
-            content_type = response.headers.get("content-type")
+    addresses = _checked_addresses(target, settings, resolve, clock)
+    with _transport_errors(target, clock), _client(settings) as client, ExitStack() as stack:
+        response = _connect(stack, client, target, addresses, settings, clock)
+        location = _next_location(response, target)
+        if location is not None:
+            return urljoin(str(target.url), location)
+        data = _read_body(response, target, settings.max_bytes, clock)
+        content_type = response.headers.get("content-type")
     sniff_format(data)
     return Fetched(data=data, final_url=str(target.url), content_type=content_type, redirects=redirects)
+
+
+def _connect(
+    stack: ExitStack,
+    client: httpx.Client,
+    target: _Target,
+    addresses: list[IPAddress],
+    settings: FetchSettings,
+    clock: _Clock,
+) -> httpx.Response:
+    """The response of the first address that takes the connection, in the order ``_resolve`` gives."""
+    for address in addresses[:-1]:
+        try:
+            return stack.enter_context(_send(client, target, address, settings, clock))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if _caused_by(exc, ssl.SSLCertVerificationError):
+                raise
+            log.info("cannot connect to %s for %r (%s); trying its next address", address, target.host, exc)
+    return stack.enter_context(_send(client, target, addresses[-1], settings, clock))
 
 
 def resolve_host(host: str, port: int) -> list[str]:
@@ -180,10 +322,32 @@ def _parse(url: str) -> _Target:
     host = parsed.raw_host.decode("ascii").lower()
     if not host or not (_HOSTNAME.match(host) or _ip_literal(host)):
         raise ItemError("invalid_url", f"no valid host in {url!r}")
+    if not _ip_literal(host):
+        _check_host_name(host, url)
     port = _DEFAULT_PORTS[scheme] if parsed.port is None else parsed.port
     if not 0 < port < 65536:
         raise ItemError("invalid_url", f"port {port} of {url!r}")
     return _Target(url=parsed, scheme=scheme, host=host, port=port)
+
+
+def _check_host_name(host: str, url: str) -> None:
+    """Refuse names DNS cannot carry: over 253 octets, an empty label or one over 63, a broken A-label."""
+    name = host.removesuffix(".")
+    if len(name) > _MAX_NAME:
+        raise ItemError(
+            "invalid_url", f"host name of {len(name)} characters (at most {_MAX_NAME}) in {url!r}"
+        )
+    for label in name.split("."):
+        if not 0 < len(label) <= _MAX_LABEL:
+            raise ItemError(
+                "invalid_url",
+                f"host label {label!r} of {len(label)} characters (1 to {_MAX_LABEL}) in {url!r}",
+            )
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise ItemError("invalid_url", f"invalid IDNA label {label!r} in {url!r}: {exc}") from exc
 
 
 def _ip_literal(host: str) -> IPAddress | None:
@@ -193,15 +357,17 @@ def _ip_literal(host: str) -> IPAddress | None:
         return None
 
 
-def _checked_address(target: _Target, settings: FetchSettings, resolve: Resolver) -> IPAddress:
-    """The address to connect to, after every address of the host passed the checks."""
-    addresses = _resolve(target, resolve)
+def _checked_addresses(
+    target: _Target, settings: FetchSettings, resolve: Resolver, clock: _Clock
+) -> list[IPAddress]:
+    """The addresses to try, in order, after every address of the host passed the checks."""
+    addresses = _resolve(target, resolve, clock)
     if f"{target.host}:{target.port}" not in _allowed(settings):
         for address in addresses:
             reason = blocked_reason(address)
             if reason is not None:
                 raise ItemError(reason, f"host {target.host!r} of {str(target.url)!r} resolves to {address}")
-    return addresses[0]
+    return addresses
 
 
 def _allowed(settings: FetchSettings) -> set[str]:
@@ -209,13 +375,22 @@ def _allowed(settings: FetchSettings) -> set[str]:
     return {entry.strip().lower().replace("[", "").replace("]", "") for entry in settings.allow_hosts}
 
 
-def _resolve(target: _Target, resolve: Resolver) -> list[IPAddress]:
+def _resolve(target: _Target, resolve: Resolver, clock: _Clock) -> list[IPAddress]:
     literal = _ip_literal(target.host)
     if literal is not None:
         return [literal]
+    lookup = _DNS_THREADS.submit(resolve, target.host, target.port)
     try:
-        answers = resolve(target.host, target.port)
+        while True:
+            try:
+                answers = lookup.result(timeout=clock.remaining(target, "resolving"))
+                break
+            except FutureTimeout:
+                clock.phase_ended(target, "resolving")
         addresses = list(dict.fromkeys(ip_address(a) for a in answers))
+    except ItemError:
+        lookup.cancel()  # a lookup still queued behind hung ones never starts
+        raise
     except (OSError, UnicodeError, ValueError) as exc:
         raise ItemError("dns_failure", f"cannot resolve {target.host!r}: {exc}", transient=True) from exc
     if not addresses:
@@ -241,10 +416,10 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _send(
-    client: httpx.Client, target: _Target, address: IPAddress, settings: FetchSettings, deadline: float
+    client: httpx.Client, target: _Target, address: IPAddress, settings: FetchSettings, clock: _Clock
 ) -> AbstractContextManager[httpx.Response]:
     """Stream a GET to ``address`` itself, with the hostname in Host and in TLS SNI."""
-    remaining = _remaining(target, deadline)
+    remaining = clock.remaining(target, "connecting to")
     timeout = httpx.Timeout(
         connect=min(settings.connect_timeout_s, remaining),
         read=min(settings.read_timeout_s, remaining),
@@ -258,26 +433,17 @@ def _send(
     )
 
 
-def _remaining(target: _Target, deadline: float) -> float:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise ItemError(
-            "deadline_exceeded", f"fetch deadline passed before {str(target.url)!r}", transient=True
-        )
-    return remaining
-
-
 @contextmanager
-def _transport_errors(target: _Target, deadline: float) -> Iterator[None]:
+def _transport_errors(target: _Target, clock: _Clock) -> Iterator[None]:
     url = str(target.url)
     try:
         yield
     except httpx.TimeoutException as exc:
-        # Timeouts are cut to what is left of the deadline, so one firing at the deadline is the deadline.
-        if time.monotonic() >= deadline - _DEADLINE_SLACK_S:
-            raise ItemError(
-                "deadline_exceeded", f"fetch deadline passed during {url!r}", transient=True
-            ) from exc
+        # Timeouts are cut to what is left of the phase, so one firing at its end is the phase ending:
+        # the deadline, a slow fetch without a slot, or one that got a slot and sends the hop again.
+        if clock.at_limit():
+            clock.phase_ended(target, "waiting for")
+            raise _Extended from exc
         raise ItemError("fetch_timeout", f"{type(exc).__name__} from {url!r}", transient=True) from exc
     except httpx.ConnectError as exc:
         if _caused_by(exc, ssl.SSLCertVerificationError):
@@ -311,7 +477,7 @@ def _next_location(response: httpx.Response, target: _Target) -> str | None:
     raise ItemError("http_error", f"HTTP {status} from {str(target.url)!r}", transient=transient)
 
 
-def _read_body(response: httpx.Response, target: _Target, max_bytes: int, deadline: float) -> bytes:
+def _read_body(response: httpx.Response, target: _Target, max_bytes: int, clock: _Clock) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ItemError("too_large", f"Content-Length {declared} of {str(target.url)!r} exceeds {max_bytes}")
@@ -320,8 +486,6 @@ def _read_body(response: httpx.Response, target: _Target, max_bytes: int, deadli
         body += chunk
         if len(body) > max_bytes:
             raise ItemError("too_large", f"body of {str(target.url)!r} exceeds {max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise ItemError(
-                "deadline_exceeded", f"fetch deadline passed reading {str(target.url)!r}", transient=True
-            )
+        if time.monotonic() > clock.limit:
+            clock.phase_ended(target, "reading")
     return bytes(body)

@@ -1,9 +1,10 @@
 """Image sniffing and decoding: untrusted bytes in, one loaded upright RGB image out.
 
 The format is decided by magic bytes alone (never by HTTP headers or file names), and the pixel count is
-checked from the header before any pixel is decoded. Every failure is an ``ItemError`` with a stable code:
-``empty_body``, ``not_an_image``, ``unsupported_format``, ``decompression_bomb``, ``truncated_image``,
-``corrupt_image``.
+checked from the header before any pixel is decoded. AVIF is read by Pillow itself, HEIC/HEIF by the
+pillow-heif plugin; where either is missing, such files end ``unsupported_format``. Every failure is an
+``ItemError`` with a stable code: ``empty_body``, ``not_an_image``, ``unsupported_format``,
+``decompression_bomb``, ``truncated_image``, ``corrupt_image``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ from contextlib import contextmanager
 from io import BytesIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from common.errors import ItemError
 
 logger = logging.getLogger(__name__)
+
+try:
+    from pillow_heif import register_heif_opener
+except ImportError:  # the worker extra installs it; without it HEIC is unsupported_format
+    HEIF_READABLE = False
+else:
+    register_heif_opener()
+    HEIF_READABLE = True
+
+MAX_PIXELS_SETTING = "ATELIER_FETCH__MAX_PIXELS"
 
 # (offset, magic, Pillow format name)
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -35,6 +46,12 @@ _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"MM\x00+", "TIFF"),
 )
 
+# ISO base media files (AVIF, HEIC): a "ftyp" box at offset 4 whose brands name the format
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+
 # What malformed input makes Pillow's parsers and decoders raise (found by fuzzing every supported format).
 _DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
@@ -43,13 +60,36 @@ _WHITE = (255, 255, 255, 255)
 
 
 def sniff_format(data: bytes) -> str:
-    """The Pillow format name of ``data`` judged by its magic bytes: JPEG, PNG, GIF, WEBP, BMP or TIFF."""
+    """The Pillow format name of ``data`` judged by its magic bytes: JPEG, PNG, GIF, WEBP, BMP, TIFF, AVIF
+    or HEIF."""
     if not data:
         raise ItemError("empty_body", "no bytes to decode (0-byte body)")
     for offset, magic, name in _MAGIC:
         if data.startswith(magic, offset) and (name != "WEBP" or data.startswith(b"RIFF")):
             return name
+    brands = _ftyp_brands(data)
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
     raise ItemError("not_an_image", f"no known image signature; first bytes {data[:8]!r}")
+
+
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    """The major and compatible brands of an ISO base media file's leading ``ftyp`` box; empty if none."""
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return set()
+    size = min(struct.unpack_from(">I", data)[0], len(data))
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, size - 3, 4)}
+    return brands
+
+
+def _readable(fmt: str) -> bool:
+    if fmt == "AVIF":
+        return bool(features.check("avif"))
+    if fmt == "HEIF":
+        return HEIF_READABLE
+    return True
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -59,7 +99,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     from their header, before any pixel is decoded.
     """
     fmt = sniff_format(data)
-    with _decode_errors(fmt, data):
+    if not _readable(fmt):
+        raise ItemError("unsupported_format", f"{fmt} image, which this installation cannot decode")
+    with _decode_errors(fmt, data, max_pixels):
         image = Image.open(BytesIO(data), formats=[fmt])
         _check_pixels(image, max_pixels)
         image.seek(0)
@@ -69,13 +111,16 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 @contextmanager
-def _decode_errors(fmt: str, data: bytes) -> Iterator[None]:
+def _decode_errors(fmt: str, data: bytes, max_pixels: int) -> Iterator[None]:
     """Turn Pillow's exceptions into item errors. ``LOAD_TRUNCATED_IMAGES`` is never touched, so a
     truncated file raises rather than decoding to a grey tail."""
     try:
         yield
     except Image.DecompressionBombError as exc:
-        raise ItemError("decompression_bomb", f"{fmt} image refused by Pillow: {exc}") from exc
+        raise ItemError(
+            "decompression_bomb",
+            f"{fmt} image over twice Pillow's limit, above {MAX_PIXELS_SETTING}={max_pixels}",
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ItemError(
             "unsupported_format", f"Pillow cannot read this {fmt} file; first bytes {data[:16]!r}"
@@ -104,8 +149,10 @@ def _check_pixels(image: Image.Image, max_pixels: int) -> None:
     limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
     width, height = image.size
     if width * height > limit:
+        lower = "" if limit == max_pixels else f" (Pillow's own limit, {limit}, is lower)"
         raise ItemError(
-            "decompression_bomb", f"{width}x{height} = {width * height} pixels exceeds the limit of {limit}"
+            "decompression_bomb",
+            f"{width}x{height} = {width * height} pixels exceeds {MAX_PIXELS_SETTING}={max_pixels}{lower}",
         )
     if width * height == 0:
         raise ItemError("corrupt_image", f"header declares an empty {width}x{height} image")

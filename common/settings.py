@@ -23,7 +23,22 @@ class FetchSettings(BaseModel):
         default=10.0, description="Seconds to wait between two reads of an image download."
     )
     deadline_s: float = Field(
-        default=30.0, description="Seconds one whole download may take, redirects included."
+        default=30.0,
+        description="Seconds one whole download may take: DNS, connects, TLS, redirects and body.",
+    )
+    slow_after_s: float = Field(
+        default=5.0,
+        description="Seconds after which a download counts as slow: to go on it must take one of the "
+        "process's slow slots, else it stops (slow_host, retried later). At or above DEADLINE_S: off.",
+    )
+    max_slow: int = Field(
+        default=4,
+        ge=0,
+        description="Slow downloads one worker process runs at once; keep it below the orchestrator's "
+        "threads, so slow or endless hosts never hold them all.",
+    )
+    max_slow_per_host: int = Field(
+        default=2, ge=0, description="Slow downloads from one host name that one worker process runs at once."
     )
     max_bytes: int = Field(default=25 * 1024 * 1024, description="Largest image download, in bytes (25 MiB).")
     max_redirects: int = Field(default=5, description="Most redirects followed for one URL.")

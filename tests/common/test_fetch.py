@@ -24,11 +24,10 @@ import pytest
 from PIL import Image
 
 from common.errors import ItemError
-from common.fetch import Fetched, fetch_url
+from common.fetch import Fetched, SlowLane, fetch_url
 from common.images import decode_image
 from common.settings import FetchSettings
 
-LOOPBACK = {ip_address("127.0.0.1"), ip_address("::1")}
 Respond = Callable[[BaseHTTPRequestHandler], None]
 
 
@@ -205,7 +204,7 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     real_create_connection = socket.create_connection
 
     def loopback_only(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
-        if ip_address(address[0]) not in LOOPBACK:
+        if not ip_address(address[0]).is_loopback:
             raise AssertionError(f"test tried to connect to {address}")
         opened.append((address[0], address[1]))
         return real_create_connection(address, *args, **kwargs)
@@ -566,6 +565,10 @@ def test_refused_connection_is_transient() -> None:
         ("http://images.example:99999/", "invalid_url"),
         ("http://images example/", "invalid_url"),
         ("//images.example/photo.jpg", "invalid_url"),
+        (f"http://{'a' * 64}.example/", "invalid_url"),  # a label of 64 octets
+        (f"http://{'a.' * 126}example/", "invalid_url"),  # 259 octets
+        ("http://xn--zz.example/", "invalid_url"),  # not a valid A-label
+        ("http://a..example/", "invalid_url"),
     ],
 )
 def test_refused_without_dns_or_connection(url: str, code: str, connections: list[tuple[str, int]]) -> None:
@@ -678,3 +681,145 @@ def test_https_sends_the_hostname_as_sni_and_verifies_the_certificate(tmp_path: 
     # then SNI named the host, and the certificate was checked (and refused: nobody trusts it)
     assert server_names == ["images.example"]
     assert (error.code, error.transient) == ("tls_error", False)
+
+
+def test_longest_valid_host_name_reaches_dns() -> None:
+    # 63-octet labels and 253 octets in all are what DNS carries: judged by the resolver, not refused
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    assert len(name) == 253
+
+    error = fetch_error(f"http://{name}/", make_settings(), lambda host, port: [])
+
+    assert (error.code, error.transient) == ("dns_failure", True)
+
+
+# --- every address -------------------------------------------------------------------------------------
+
+
+def test_next_address_is_tried_when_one_refuses(server: Server, connections: list[tuple[str, int]]) -> None:
+    # given a host with two addresses, the first of which refuses connections on the server's port
+    server.routes["/photo.jpg"] = serve(JPEG)
+    url = f"http://images.test:{server.port}/photo.jpg"
+
+    # when
+    fetched = fetch_url(
+        url,
+        make_settings(f"images.test:{server.port}"),
+        resolver=lambda host, port: ["127.0.0.3", "127.0.0.1"],
+    )
+
+    # then the second address answered, after the first was tried
+    assert fetched.data == JPEG
+    assert connections == [("127.0.0.3", server.port), ("127.0.0.1", server.port)]
+
+
+def test_every_address_is_checked_before_any_is_tried(connections: list[tuple[str, int]]) -> None:
+    error = fetch_error(
+        "http://images.example/", make_settings(), lambda host, port: ["93.184.216.34", "::1"]
+    )
+
+    assert error.code == "blocked_loopback"
+    assert connections == []
+
+
+# --- the deadline bounds DNS too -----------------------------------------------------------------------
+
+
+def test_hanging_dns_is_stopped_by_the_deadline(connections: list[tuple[str, int]]) -> None:
+    # given a resolver that answers only when released (or after 60 s)
+    release, answered = threading.Event(), threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        release.wait(60)
+        answered.set()
+        return ["93.184.216.34"]
+
+    # when
+    try:
+        error = fetch_error("http://images.example/photo.jpg", make_settings(deadline_s=0.5), hanging)
+        returned_before_dns = not answered.is_set()
+    finally:
+        release.set()
+
+    # then the fetch gave up while the lookup still hung, and connected nowhere
+    assert (error.code, error.transient) == ("deadline_exceeded", True)
+    assert returned_before_dns
+    assert connections == []
+
+
+# --- slow fetches and the slow lane --------------------------------------------------------------------
+
+
+def lane_with(total: int, per_host: int, *held: str) -> SlowLane:
+    lane = SlowLane(total, per_host)
+    for host in held:
+        assert lane.enter(host)
+    return lane
+
+
+def test_fast_fetch_needs_no_slow_slot(server: Server) -> None:
+    server.routes["/photo.jpg"] = serve(JPEG)
+
+    fetched = fetch_url(server.url("/photo.jpg"), settings_for(server), lane=SlowLane(0, 0))
+
+    assert fetched.data == JPEG
+
+
+def test_slow_fetch_goes_on_with_a_free_slot_and_gives_it_back(server: Server) -> None:
+    server.routes["/drip"] = slow_drip
+    lane = SlowLane(1, 1)
+
+    error = fetch_error_in(lane, server.url("/drip"), settings_for(server, slow_after_s=0.2, deadline_s=1.0))
+
+    # past the fast phase it held the slot until the deadline, then gave it back
+    assert (error.code, error.transient) == ("deadline_exceeded", True)
+    assert lane.running("127.0.0.1") == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "lane", [lane_with(1, 1, "elsewhere.example"), lane_with(4, 1, "127.0.0.1")], ids=["in all", "per host"]
+)
+def test_slow_fetch_without_a_free_slot_stops(server: Server, lane: SlowLane) -> None:
+    server.routes["/drip"] = slow_drip
+    before = lane.running("127.0.0.1")
+
+    error = fetch_error_in(lane, server.url("/drip"), settings_for(server, slow_after_s=0.2, deadline_s=30.0))
+
+    # it stops at the end of the fast phase, to be retried later, and takes no slot
+    assert (error.code, error.transient) == ("slow_host", True)
+    assert "127.0.0.1" in error.detail
+    assert lane.running("127.0.0.1") == before
+
+
+def test_silent_server_without_a_free_slot_stops_after_the_fast_phase() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        settings = make_settings(f"127.0.0.1:{port}", slow_after_s=0.2, read_timeout_s=30.0, deadline_s=30.0)
+
+        error = fetch_error_in(lane_with(1, 1, "elsewhere.example"), f"http://127.0.0.1:{port}/", settings)
+
+    assert (error.code, error.transient) == ("slow_host", True)
+
+
+def test_silent_server_with_a_slot_is_asked_again_until_its_read_timeout(
+    connections: list[tuple[str, int]],
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        settings = make_settings(f"127.0.0.1:{port}", slow_after_s=0.2, read_timeout_s=0.5, deadline_s=30.0)
+
+        error = fetch_error_in(SlowLane(1, 1), f"http://127.0.0.1:{port}/", settings)
+
+    # the fast phase ended, the fetch took the slot and sent the request again, which then timed out
+    assert (error.code, error.transient) == ("fetch_timeout", True)
+    assert connections == [("127.0.0.1", port), ("127.0.0.1", port)]
+
+
+def fetch_error_in(lane: SlowLane, url: str, settings: FetchSettings) -> ItemError:
+    with pytest.raises(ItemError) as caught:
+        fetch_url(url, settings, resolver=no_dns, lane=lane)
+    return caught.value

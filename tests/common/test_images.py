@@ -9,8 +9,9 @@ from io import BytesIO
 from typing import Any
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, features
 
+from common import images
 from common.errors import ItemError
 from common.images import decode_image, sniff_format
 
@@ -83,7 +84,12 @@ def test_empty_body_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"<!doctype html><html>", b"RIFF\x24\x00\x00\x00WAVEfmt ", b"\x00\x00\x00\x1cftypavif"]
+    "data",
+    [
+        b"<!doctype html><html>",
+        b"RIFF\x24\x00\x00\x00WAVEfmt ",
+        b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2",
+    ],
 )
 def test_non_images_are_refused_quoting_their_first_bytes(data: bytes) -> None:
     error = decode_error(data)
@@ -225,6 +231,18 @@ def test_pixel_limit_refuses_from_the_header() -> None:
 
     assert error.code == "decompression_bomb"
     assert "300x300" in error.detail
+    assert "ATELIER_FETCH__MAX_PIXELS=10000" in error.detail
+    assert str(Image.MAX_IMAGE_PIXELS) not in error.detail
+
+
+def test_pillow_bomb_error_quotes_our_limit() -> None:
+    # 20000x20000 is over twice Pillow's limit: Pillow itself refuses it while opening
+    error = decode_error(zero_filled_png(20_000), max_pixels=64_000_000)
+
+    assert error.code == "decompression_bomb"
+    assert "ATELIER_FETCH__MAX_PIXELS=64000000" in error.detail
+    assert Image.MAX_IMAGE_PIXELS is not None
+    assert str(2 * Image.MAX_IMAGE_PIXELS) not in error.detail
 
 
 def test_compressed_bomb_is_refused_without_decoding() -> None:
@@ -280,3 +298,67 @@ def test_unreadable_header_behind_valid_magic_is_unsupported() -> None:
     error = decode_error(b"GIF89a\x00\x00")
 
     assert error.code == "unsupported_format"
+
+
+# --- AVIF and HEIC ------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF support")
+def test_avif_is_sniffed_and_decoded() -> None:
+    data = encode(Image.new("RGB", (30, 20), (200, 40, 60)), "AVIF", quality=90)
+
+    assert sniff_format(data) == "AVIF"
+    image = decode_image(data, MAX_PIXELS)
+
+    assert (image.mode, image.size) == ("RGB", (30, 20))
+    assert close_to(pixel(image, 15, 10), (200, 40, 60), tolerance=12)
+
+
+@pytest.mark.skipif(not images.HEIF_READABLE, reason="pillow-heif is not installed")
+def test_heic_is_sniffed_and_decoded() -> None:
+    data = encode(Image.new("RGB", (30, 20), (200, 40, 60)), "HEIF", quality=90)
+    assert data[4:12] == b"ftypheic"
+
+    assert sniff_format(data) == "HEIF"
+    image = decode_image(data, MAX_PIXELS)
+
+    assert (image.mode, image.size) == ("RGB", (30, 20))
+    assert close_to(pixel(image, 15, 10), (200, 40, 60), tolerance=12)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF support")
+def test_avif_bomb_is_refused_from_the_header() -> None:
+    error = decode_error(encode(Image.new("RGB", (300, 300)), "AVIF"), max_pixels=10_000)
+
+    assert error.code == "decompression_bomb"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "brand", "switch"), [("AVIF", b"avif", "avif_support"), ("HEIF", b"heic", "heif_support")]
+)
+def test_format_this_installation_cannot_read_is_unsupported(
+    fmt: str, brand: bytes, switch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an installation without the decoder (Pillow built without libavif, no pillow-heif)
+    if switch == "avif_support":
+        monkeypatch.setattr(features, "check", lambda feature: False)
+    else:
+        monkeypatch.setattr(images, "HEIF_READABLE", False)
+    data = b"\x00\x00\x00\x1cftyp" + brand + b"\x00\x00\x00\x00mif1miaf" + b"\x00" * 32
+
+    # when
+    error = decode_error(data)
+
+    # then it is an image of a format we cannot read, not "not an image"
+    assert (error.code, error.transient) == ("unsupported_format", False)
+    assert fmt in error.detail
+
+
+def test_avif_header_without_image_data_is_unsupported() -> None:
+    data = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf"
+
+    # a header alone: recognised as AVIF (not "not an image"), and refused by the decoder
+    error = decode_error(data)
+
+    assert error.code == "unsupported_format"
+    assert "AVIF" in error.detail
