@@ -296,9 +296,9 @@ def test_up_restarts_killed_servers_on_their_data_and_stops_them_on_exit(
         postmaster.send_signal(signal.SIGKILL)
 
         # then: both run again on the same data (the first job is still there) and serve a new job
-        log_text = lambda: (home / "up.log").read_text()  # noqa: E731
-        _wait_until(lambda: "restarted valkey" in log_text(), "valkey restarted")
-        _wait_until(lambda: "restarted postgres" in log_text(), "postgres restarted")
+        up_log = home / "up.log"
+        _wait_until(lambda: "restarted valkey" in up_log.read_text(), "valkey restarted")
+        _wait_until(lambda: "restarted postgres" in up_log.read_text(), "postgres restarted")
         assert httpx.get(first_url).json()["counts"]["done"] == 1
         second = httpx.post(
             f"{base}/v1/jobs",
