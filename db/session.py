@@ -7,6 +7,14 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    TimeoutError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import get_settings
@@ -47,3 +55,13 @@ def reset_engine() -> None:
 def ping(session: Session) -> None:
     """One round trip to the database; raises ``SQLAlchemyError`` when it does not answer."""
     session.execute(text("SELECT 1"))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database is away (restarting, unreachable, its pool exhausted), as opposed to a statement
+    that failed: worth waiting for and trying again."""
+    if not isinstance(exc, SQLAlchemyError):
+        return False
+    return isinstance(exc, DisconnectionError | OperationalError | InterfaceError | TimeoutError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )

@@ -56,6 +56,7 @@ app = FastAPIOffline(
 )
 app.add_exception_handler(StarletteHTTPException, edges.http_error)
 app.add_exception_handler(RequestValidationError, edges.validation_error)
+app.add_exception_handler(SQLAlchemyError, edges.database_error)
 app.add_exception_handler(Exception, edges.server_error)
 # every route below needs an API key of the scope its path and method call for (gateway/auth.py)
 app.router.route_class = ProtectedRoute
@@ -118,10 +119,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         415: "The upload is not multipart/form-data.",
         422: "The request was refused; ``detail`` lists each refused field and why.",
         500: "An unexpected error; the connection is closed after this answer.",
+        503: "The database is unavailable (restarting); nothing was committed. Try again after "
+        "``Retry-After`` seconds.",
     }
     return {
         code: {"model": RefusedInput if code == 422 else Problem, "description": described[code]}
-        for code in (*codes, 500)
+        for code in (*codes, 500, 503)
     }
 
 
@@ -460,7 +463,7 @@ class Readiness(BaseModel):
 @app.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "The database or the broker is down."}, **_errors()},
+    responses={**_errors(), 503: {"model": Readiness, "description": "The database or the broker is down."}},
 )
 def readyz(session: SessionDep) -> JSONResponse:
     """Ready when the database and the broker answer; model services report whether they can serve.

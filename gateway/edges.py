@@ -7,6 +7,7 @@ without reading it whole."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -19,6 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.schemas import Problem, unstorable_text
+from db.session import database_unavailable
+
+log = logging.getLogger(__name__)
 
 
 class SafeJSONResponse(JSONResponse):
@@ -173,6 +177,22 @@ async def http_error(request: Request, exc: Exception) -> SafeJSONResponse:
 async def validation_error(request: Request, exc: Exception) -> SafeJSONResponse:
     assert isinstance(exc, RequestValidationError)
     return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def database_error(request: Request, exc: Exception) -> SafeJSONResponse:
+    """A database that is away (restarting, unreachable, its pool exhausted) answers 503 with
+    ``Retry-After``: nothing was committed, the client may try again. Any other database error is a 500."""
+    if not database_unavailable(exc):
+        log.error("unhandled database error on %s %s", request.method, request.url.path, exc_info=exc)
+        return await server_error(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    response = SafeJSONResponse(
+        Problem(detail="the database is unavailable; try again shortly").model_dump(),
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+    response.raw_headers.extend(security_headers(request.url.path))
+    return response
 
 
 async def server_error(request: Request, exc: Exception) -> SafeJSONResponse:

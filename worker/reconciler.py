@@ -7,6 +7,8 @@ writes of a broker killed without warning. The reconciler finds such work in Pos
 (``db.pipeline.stale_work``) every ``ATELIER_WORKER_RECONCILE_INTERVAL_S``, in one orchestrator at a
 time (a lock in the broker), and publishes it again:
 
+* messages a worker held when the broker restarted (its connection dropped, Celery forgot them):
+  at once, instead of after the visibility timeout;
 * a job's dispatch that was never published, once ``RECONCILE_GRACE_S`` old;
 * work of a queue that holds no message at all, neither waiting nor held by a worker (so a long
   backlog is never mistaken for loss), once ``RECONCILE_GRACE_S`` old;
@@ -21,8 +23,10 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 import redis
+from kombu.connection import Connection
 
 from common.settings import get_settings
 from db import pipeline
@@ -48,6 +52,22 @@ def queue_idle(client: redis.Redis, queue: str) -> bool:
         pipe.llen(name)
     pipe.hlen(unacked_keys(queue)["unacked_key"])
     return not any(pipe.execute())
+
+
+def restore_orphans(client: redis.Redis, queue: str) -> int:
+    """Messages of ``queue`` delivered before the broker last started: their workers lost them when
+    their connections dropped (Celery forgets what it had reserved), so no one will acknowledge them;
+    back to the queue now instead of after the visibility timeout. Returns how many."""
+    started = time.time() - int(client.info("server")["uptime_in_seconds"]) - 1.0
+    keys = unacked_keys(queue)
+    tags = client.zrangebyscore(keys["unacked_index_key"], 0, started)
+    if tags:
+        with Connection(get_settings().redis_url, transport_options=keys) as connection:  # type: ignore[no-untyped-call]
+            qos = connection.default_channel.qos
+            for tag in tags:
+                qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag)
+        log.warning("%d messages of %s held when the broker restarted: back in the queue", len(tags), queue)
+    return len(tags)
 
 
 def republish(stale: pipeline.StaleWork) -> None:
@@ -79,6 +99,8 @@ def reconcile_once(client: redis.Redis) -> pipeline.StaleWork:
     """One look: what is lost by the rules above, republished."""
     settings, worker = get_settings(), get_worker_settings()
     queues = settings.queues
+    for queue in {queues.orchestrator, *(get_spec(name).queue(queues) for name in SERVICES)}:
+        restore_orphans(client, queue)
     idle_models = {name for name in SERVICES if queue_idle(client, get_spec(name).queue(queues))}
     idle_staged = {name for name, spec in SERVICES.items() if spec.crops_to in idle_models}
     with transaction() as session:

@@ -11,20 +11,12 @@ from contextlib import contextmanager
 
 from celery.exceptions import Reject
 from PIL import Image
-from sqlalchemy.exc import (
-    DBAPIError,
-    DisconnectionError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-    TimeoutError,
-)
 
 from common.blobstore import blob_store
 from common.images import decode_image
 from common.settings import get_settings
 from db import pipeline, versions
-from db.session import transaction
+from db.session import database_unavailable, transaction
 from db.versions import Availability
 from services.base import Model
 from services.registry import get_spec
@@ -106,11 +98,7 @@ def service_availability(*names: str) -> dict[str, Availability]:
 def is_infrastructure_error(exc: BaseException) -> bool:
     """The database or the broker is away (a restart, a network cut): nobody's fault, and nothing can be
     recorded while it lasts, so the work waits for it instead of spending the item's retries."""
-    if isinstance(exc, SQLAlchemyError):
-        return isinstance(exc, DisconnectionError | OperationalError | InterfaceError | TimeoutError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        )
-    return isinstance(exc, BROKER_ERRORS)
+    return database_unavailable(exc) or isinstance(exc, BROKER_ERRORS)
 
 
 # a database restart takes seconds: look again at least this often

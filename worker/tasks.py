@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from celery import signals
+from celery import bootsteps, signals
 from celery_batches import Batches, SimpleRequest
 from PIL import Image
 
@@ -163,6 +163,23 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
         f"{len(requests)} analyses", requeue=lambda: broker.analyse_again(messages, queue)
     ):
         _analyse(model, requests)
+
+
+class _RestartBatchTimer(bootsteps.StartStopStep):  # type: ignore[misc]
+    """celery_batches starts its flush timer with the first message only, and a consumer restart (the
+    broker came back) clears the worker's timers: a partial batch would then wait, unflushed, until
+    ``MAX_BATCH`` messages arrive. Each consumer start arms the timer again."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c: Any) -> None:
+        task: Any = analyse_task
+        task._tref = None
+        if not task._buffer.empty() or not task._pending.empty():
+            task._tref = c.timer.call_repeatedly(task.flush_interval, task._do_flush)
+
+
+app.steps["consumer"].add(_RestartBatchTimer)
 
 
 def _analyse(model: Model, requests: list[SimpleRequest]) -> None:

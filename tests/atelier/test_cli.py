@@ -299,6 +299,8 @@ def test_up_restarts_killed_servers_on_their_data_and_stops_them_on_exit(
         up_log = home / "up.log"
         _wait_until(lambda: "restarted valkey" in up_log.read_text(), "valkey restarted")
         _wait_until(lambda: "restarted postgres" in up_log.read_text(), "postgres restarted")
+        # a gateway request while Postgres still recovers answers 503 (try again), not an error
+        _wait_until(lambda: httpx.get(first_url).status_code == 200, "postgres answering")
         assert httpx.get(first_url).json()["counts"]["done"] == 1
         second = httpx.post(
             f"{base}/v1/jobs",

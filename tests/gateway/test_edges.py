@@ -226,6 +226,38 @@ def test_a_database_error_answers_500_that_closes_and_leaves_no_blob(
         assert http.get("/healthz").status_code == 200
 
 
+@pytest.fixture
+def unreachable_database() -> Iterator[None]:
+    """The gateway's sessions from a database nobody listens on (what it meets while Postgres restarts)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from gateway.app import app, get_session
+
+    engine = create_engine("postgresql+psycopg://atelier@127.0.0.1:1/atelier", pool_pre_ping=True)
+
+    def away() -> Iterator[Session]:
+        with Session(engine) as session:
+            yield session
+
+    app.dependency_overrides[get_session] = away
+    yield
+    del app.dependency_overrides[get_session]
+    engine.dispose()
+
+
+def test_a_database_that_is_away_answers_503_with_retry_after(
+    client: TestClient, unreachable_database: None
+) -> None:
+    # when
+    response = client.get(f"/v1/jobs/{JOB}")
+
+    # then: try again later, not an error of ours
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json() == {"detail": "the database is unavailable; try again shortly"}
+
+
 # --- text that cannot be stored -------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ production retry counts, backoff caps and visibility timeouts (the reconciler lo
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from tests.support.faults import Cluster, cluster, counts, wait_until
 from tests.support.infra import Infra
 
 pytestmark = pytest.mark.e2e
+log = logging.getLogger(__name__)  # how long each took: pytest -o log_cli=true shows it
 
 IMAGES = 50
 OUTAGE_S = 15.0
@@ -80,7 +82,9 @@ def _finished_after(job_id: str, since: float, timeout: float = 300.0) -> float:
     with session_factory()() as session:
         statuses = dict(
             session.execute(
-                select(Item.status, func.count()).where(Item.job_id == uuid.UUID(job_id)).group_by(Item.status)
+                select(Item.status, func.count())
+                .where(Item.job_id == uuid.UUID(job_id))
+                .group_by(Item.status)
             ).all()
         )
         per_image = session.execute(
@@ -131,7 +135,7 @@ def test_postgres_cut_off_for_15_s(running: Cluster, phase: str) -> None:
 
     # then: every item ends, each analysed once
     took = _finished_after(job_id, restored)
-    print(f"\npostgres cut off at {phase} ({before}): finished {took:.1f} s after it came back")
+    log.warning(f"postgres cut off at {phase} ({before}): finished {took:.1f} s after it came back")
 
 
 def test_valkey_sigkilled_and_restarted(running: Cluster) -> None:
@@ -148,7 +152,7 @@ def test_valkey_sigkilled_and_restarted(running: Cluster) -> None:
 
     # then
     took = _finished_after(job_id, restarted)
-    print(f"\nvalkey SIGKILLed ({before}): finished {took:.1f} s after its restart")
+    log.warning(f"valkey SIGKILLed ({before}): finished {took:.1f} s after its restart")
 
 
 def test_broker_down_at_submit(running: Cluster) -> None:
@@ -163,4 +167,4 @@ def test_broker_down_at_submit(running: Cluster) -> None:
 
     # then: it is dispatched without anyone asking, once
     took = _finished_after(job_id, restarted)
-    print(f"\nbroker down at submit: finished {took:.1f} s after it came back")
+    log.warning(f"broker down at submit: finished {took:.1f} s after it came back")
