@@ -39,7 +39,7 @@ def _held_message(url: str) -> None:
     from worker.celery_app import unacked_keys
 
     connection = Connection(url, transport_options=unacked_keys(QUEUE))  # type: ignore[no-untyped-call]
-    queue = connection.SimpleQueue(QUEUE)
+    queue = connection.SimpleQueue(QUEUE)  # type: ignore[no-untyped-call]
     queue.put({"n": 1})
     message = queue.get(timeout=5)
     assert message.payload == {"n": 1}  # taken, never acknowledged
