@@ -55,7 +55,6 @@ def infra(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer) -
             "ATELIER_FETCH__MAX_BYTES": str(2 * 1024 * 1024),
             "ATELIER_FETCH__MAX_PIXELS": str(40_000_000),
             "ATELIER_WORKER_RETRY_BACKOFF_S": "0.2",
-            "ATELIER_WORKER_VISIBILITY_TIMEOUT_S": "4",
             "ATELIER_WORKER_RESTORE_INTERVAL_S": "1",
             # workers started by the tests serve no metrics unless a test gives them a port
             "ATELIER_WORKER_METRICS_PORT": "0",

@@ -175,6 +175,49 @@ def test_every_bad_input_ends_failed_with_its_code(client: TestClient, stack: In
     assert all(view["timestamps"]["finished_at"] is not None for view in got.values())
 
 
+def test_the_production_retry_budget_ends_every_transient_failure_recorded(
+    client: TestClient, stack: Infra
+) -> None:
+    from db.models import Item
+    from db.session import session_factory
+    from worker.settings import WorkerSettings, get_worker_settings
+
+    # given: the production retry count (the suite shortens only the backoff's base delay)
+    budget = WorkerSettings.model_fields["max_retries"].default
+    assert get_worker_settings().max_retries == budget == 5
+    served = {"/flaky.png": 0}
+
+    def flaky() -> tuple[int, dict[str, str], bytes]:  # fails twice, then serves the image
+        served["/flaky.png"] += 1
+        return (503, {}, b"busy") if served["/flaky.png"] <= 2 else (200, {}, NAVY)
+
+    routes = stack.images.routes
+    routes["/always-503"] = (503, {}, b"busy")
+    routes["/always-500"] = (500, {}, b"oops")
+    routes["/always-429"] = (429, {"Retry-After": "1"}, b"slow down")
+    routes["/flaky.png"] = flaky
+    cases = {
+        stack.images.url("/always-503"): ("failed", "http_error"),
+        stack.images.url("/always-500"): ("failed", "http_error"),
+        stack.images.url("/always-429"): ("failed", "http_error"),
+        f"http://127.0.0.1:{stack.silent_port}/slow": ("failed", "fetch_timeout"),
+        stack.images.url("/flaky.png"): ("done", None),
+    }
+
+    # when
+    created = client.post(
+        "/v1/jobs", json={"items": [{"url": url} for url in cases], "models": ["properties"]}
+    ).json()
+    wait_for_job(client, created["job_id"], timeout=300)
+
+    # then: every item ended with its code, the failed ones after exactly the budget's deliveries
+    with session_factory()() as session:
+        rows = {row.url: row for row in session.scalars(select(Item))}
+    assert {url: (rows[url].status.value, rows[url].error_code) for url in cases} == cases
+    assert {rows[url].attempts for url, (status, _) in cases.items() if status == "failed"} == {budget + 1}
+    assert rows[stack.images.url("/flaky.png")].attempts == 3
+
+
 def test_api_refuses_bad_requests_with_the_field_named(client: TestClient) -> None:
     empty = client.post("/v1/jobs", json={"items": []})
     assert empty.status_code == 422

@@ -43,13 +43,17 @@ def _wait_started(result_query: object, timeout: float = 60.0) -> None:
     raise AssertionError("the analysis never started")
 
 
-def test_sigkilled_worker_leaves_exactly_one_result(infra: Infra, clean_db: Infra) -> None:
+def test_sigkilled_worker_leaves_exactly_one_result(
+    infra: Infra, clean_db: Infra, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from atelier.stack import Stack, WorkerPlan, worker_command
     from db.models import ModelResult
     from db.session import session_factory
     from gateway.app import app
 
     infra.images.routes["/slow.png"] = (200, {}, _slow_image())
+    # the dead worker's message comes back after 4 s, not the derived 150 s (a setting production honours)
+    monkeypatch.setenv("ATELIER_WORKER_VISIBILITY_TIMEOUT_S", "4")
     with Stack(
         infra.home / "stack-loss", workers=(WorkerPlan(None, concurrency=4, pool="threads"),)
     ) as stack:
