@@ -127,13 +127,13 @@ def run(n: int, kills: int, seed: int) -> dict[str, Any]:
             )
         with Stack(home, workers=DEFAULT_WORKERS) as stack:
             from common.schemas import ItemIn
-            from db.session import transaction
+            from db.session import session_factory
             from worker.broker import submit_job
 
             started = time.monotonic()
             job_ids = []
             for chunk in range(0, n, 1000):  # ten requests of 1,000, as a client would send them
-                with transaction() as session:
+                with session_factory()() as session:  # submit_job commits, as the gateway's does
                     created = submit_job(
                         session,
                         items=[
@@ -161,7 +161,7 @@ def run(n: int, kills: int, seed: int) -> dict[str, Any]:
                 time.sleep(1.0)
             took = time.monotonic() - started
             restarts = {child.name: child.restarts for child in stack._processes}
-        return _reconcile(plan, job_ids, took, killed, restarts)
+            return _reconcile(plan, job_ids, took, killed, restarts)
 
 
 def _counts() -> dict[str, int]:
