@@ -81,7 +81,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = _ts()
 
     __table_args__ = (
-        Index("ix_jobs_unpublished", "created_at", postgresql_where=text("published_at IS NULL")),
+        Index("ix_jobs_undispatched", "created_at", postgresql_where=text("dispatched_at IS NULL")),
     )
 
 

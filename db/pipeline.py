@@ -300,19 +300,32 @@ def queued_item_ids(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
     return list(rows.scalars())
 
 
-def mark_published(session: Session, job_ids: Collection[uuid.UUID]) -> None:
-    """The outbox: these jobs' dispatch messages are with the broker."""
+def mark_published(session: Session, job_ids: Collection[uuid.UUID], *, again: bool = False) -> None:
+    """The outbox: these jobs' dispatch messages are with the broker (``again``: once more, by the
+    reconciler, which looks at them again only a grace period later)."""
     if job_ids:
+        unpublished = true() if again else Job.published_at.is_(None)
         _run(
             session,
-            update(Job)
-            .where(Job.id.in_(list(job_ids)), Job.published_at.is_(None))
-            .values(published_at=_NOW),
+            update(Job).where(Job.id.in_(list(job_ids)), unpublished).values(published_at=_NOW),
         )
 
 
-def mark_dispatched(session: Session, job_id: uuid.UUID) -> None:
-    _run(session, update(Job).where(Job.id == job_id, Job.dispatched_at.is_(None)).values(dispatched_at=_NOW))
+def claim_dispatch(session: Session, job_id: uuid.UUID) -> bool:
+    """Mark a job dispatched; False when it already was (another copy of its dispatch message)."""
+    claimed = _run(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.dispatched_at.is_(None))
+        .values(dispatched_at=_NOW)
+        .returning(Job.id),
+    )
+    return claimed.first() is not None
+
+
+def unclaim_dispatch(session: Session, job_id: uuid.UUID) -> None:
+    """Its fetches could not be published: the job goes back to waiting for a dispatch."""
+    _run(session, update(Job).where(Job.id == job_id).values(dispatched_at=None))
 
 
 def claim_fetch(session: Session, item_id: uuid.UUID) -> FetchClaim | None:
@@ -652,71 +665,50 @@ def stale_work(
     orchestrator_idle: bool = True,
     idle_models: Collection[str] | None = None,
     idle_staged: Collection[str] | None = None,
-    lost_fetch_s: float | None = None,
-    lost_analysis_s: float | None = None,
     limit: int = 10_000,
 ) -> StaleWork:
     """Work whose messages were lost (a broker that lost writes, a publish that failed after a commit).
 
-    Everything returned was untouched for ``older_than_s``, and one of:
-
-    * a job whose dispatch was never published (the outbox);
-    * work of a queue that holds no message, queued or held by a worker (``orchestrator_idle``; the
-      models in ``idle_models``, and in ``idle_staged`` for results whose crops' queue is idle; None:
-      all), so a backlog is never mistaken for loss;
-    * a fetch claimed more than ``lost_fetch_s`` ago, an analysis started more than
-      ``lost_analysis_s`` ago: longer than a live worker could hold it, whatever the queues hold.
+    Everything returned was untouched for ``older_than_s``, and is either a job whose dispatch was
+    never published (the outbox), or work of a queue that holds no message at all, neither waiting nor
+    held by a worker: the orchestrator's (``orchestrator_idle``), the models' in ``idle_models``, and for
+    staged results the crops service's (``idle_staged`` lists the models whose crops queue is idle).
+    None: all. A queue with messages may just be busy, so its work is never taken for lost: a backlog
+    is not republished, and lost work waits for its queue to drain.
 
     Republishing is safe (every task claims its row first, finished work is skipped).
     ``atelier reconcile`` passes only ``older_than_s``: everything that old, as if every queue were idle.
     """
-
-    def before(seconds: float) -> ColumnElement[Any]:
-        return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-
-    cutoff = before(older_than_s)
-    never = false()
-    touched = func.coalesce(Item.claimed_at, Job.dispatched_at)
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
     jobs = session.scalars(
         select(Job.id)
         .where(
+            Job.dispatched_at.is_(None),
             or_(
                 and_(Job.published_at.is_(None), Job.created_at < cutoff),
-                and_(
-                    Job.published_at < cutoff,
-                    Job.dispatched_at.is_(None),
-                    or_(
-                        true() if orchestrator_idle else never,
-                        Job.published_at < before(lost_fetch_s) if lost_fetch_s is not None else never,
-                    ),
-                ),
-            )
-        )
-        .limit(limit)
-    )
-    items = session.scalars(
-        select(Item.id)
-        .join(Job, Job.id == Item.job_id)
-        .where(
-            Job.dispatched_at.is_not(None),
-            Item.status.in_((ItemStatus.queued, ItemStatus.fetching)),
-            touched < cutoff,
-            or_(
-                true() if orchestrator_idle else never,
-                and_(Item.status == ItemStatus.fetching, Item.claimed_at < before(lost_fetch_s))
-                if lost_fetch_s is not None
-                else never,
+                and_(Job.published_at < cutoff, true() if orchestrator_idle else false()),
             ),
         )
         .limit(limit)
     )
+    items: list[uuid.UUID] = []
+    if orchestrator_idle:
+        items = list(
+            session.scalars(
+                select(Item.id)
+                .join(Job, Job.id == Item.job_id)
+                .where(
+                    Job.dispatched_at.is_not(None),
+                    Item.status.in_((ItemStatus.queued, ItemStatus.fetching)),
+                    func.coalesce(Item.claimed_at, Job.dispatched_at) < cutoff,
+                )
+                .limit(limit)
+            )
+        )
 
     def of(models: Collection[str] | None) -> ColumnElement[bool]:
-        return true() if models is None else ModelResult.model_name.in_(list(models)) if models else never
+        return true() if models is None else ModelResult.model_name.in_(list(models)) if models else false()
 
-    started_long_ago = (
-        ModelResult.started_at < before(lost_analysis_s) if lost_analysis_s is not None else never
-    )
     pending = (
         select(ModelResult.id)
         .where(
@@ -725,10 +717,6 @@ def stale_work(
         )
         .limit(limit)
     )
-    results = session.scalars(
-        pending.where(ModelResult.output.is_(None), or_(of(idle_models), started_long_ago))
-    )
-    staged = session.scalars(
-        pending.where(ModelResult.output.is_not(None), or_(of(idle_staged), started_long_ago))
-    )
-    return StaleWork(list(jobs), list(items), list(results), list(staged))
+    results = session.scalars(pending.where(ModelResult.output.is_(None), of(idle_models)))
+    staged = session.scalars(pending.where(ModelResult.output.is_not(None), of(idle_staged)))
+    return StaleWork(list(jobs), items, list(results), list(staged))

@@ -12,7 +12,6 @@ from sqlalchemy.exc import (
     DisconnectionError,
     InterfaceError,
     OperationalError,
-    SQLAlchemyError,
     TimeoutError,
 )
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,11 +56,21 @@ def ping(session: Session) -> None:
     session.execute(text("SELECT 1"))
 
 
+# SQLSTATEs of a server going away: admin/crash shutdown, cannot connect now, too many connections
+_AWAY = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
 def database_unavailable(exc: BaseException) -> bool:
-    """The database is away (restarting, unreachable, its pool exhausted), as opposed to a statement
-    that failed: worth waiting for and trying again."""
-    if not isinstance(exc, SQLAlchemyError):
+    """The database is away (restarting, unreachable, out of connections, the pool exhausted), as
+    opposed to a statement that failed (a deadlock, a cancelled query, a full disk are the work's own
+    errors, retried and counted like any other): worth waiting for, uncounted."""
+    if isinstance(exc, DisconnectionError | TimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
         return False
-    return isinstance(exc, DisconnectionError | OperationalError | InterfaceError | TimeoutError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:  # no answer from a server at all: refused, reset, closed
+        return isinstance(exc, OperationalError | InterfaceError)
+    return str(sqlstate).startswith("08") or sqlstate in _AWAY

@@ -186,23 +186,20 @@ async def database_error(request: Request, exc: Exception) -> SafeJSONResponse:
         log.error("unhandled database error on %s %s", request.method, request.url.path, exc_info=exc)
         return await server_error(request, exc)
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    response = SafeJSONResponse(
-        Problem(detail="the database is unavailable; try again shortly").model_dump(),
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "5"},
-    )
-    response.raw_headers.extend(security_headers(request.url.path))
-    return response
+    detail = "the database is unavailable; try again shortly"
+    return _problem(request, detail, status.HTTP_503_SERVICE_UNAVAILABLE, {"Retry-After": "5"})
 
 
 async def server_error(request: Request, exc: Exception) -> SafeJSONResponse:
     """Every unhandled error: logged with its traceback here, answered without its text, and the
     connection closed (uvicorn would otherwise drop a keep-alive connection without saying so). The
     traceback is logged by the server, to which Starlette re-raises the error after this answer."""
-    response = SafeJSONResponse(
-        Problem(detail="internal server error").model_dump(),
-        status.HTTP_500_INTERNAL_SERVER_ERROR,
-        headers={"Connection": "close"},
+    return _problem(
+        request, "internal server error", status.HTTP_500_INTERNAL_SERVER_ERROR, {"Connection": "close"}
     )
+
+
+def _problem(request: Request, detail: str, code: int, headers: dict[str, str]) -> SafeJSONResponse:
+    response = SafeJSONResponse(Problem(detail=detail).model_dump(), code, headers=headers)
     response.raw_headers.extend(security_headers(request.url.path))
     return response

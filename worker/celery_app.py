@@ -53,6 +53,8 @@ def make_celery() -> Celery:
         task_routes={DISPATCH_JOB_TASK: {"queue": orchestrator}, FETCH_TASK: {"queue": orchestrator}},
         broker_transport_options={
             **unacked_keys(queue),
+            # a broker behind a cut network fails fast (the gateway then keeps the job in its outbox)
+            "socket_connect_timeout": 5,
             "visibility_timeout": worker.visibility_timeout(task_seconds(served)),
             "unacked_restore_interval": worker.restore_interval_s,
             "unacked_restore_throttle": 1,

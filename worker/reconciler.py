@@ -7,13 +7,12 @@ writes of a broker killed without warning. The reconciler finds such work in Pos
 (``db.pipeline.stale_work``) every ``ATELIER_WORKER_RECONCILE_INTERVAL_S``, in one orchestrator at a
 time (a lock in the broker), and publishes it again:
 
-* messages a worker held when the broker restarted (its connection dropped, Celery forgot them):
-  at once, instead of after the visibility timeout;
+* messages a worker held when the broker restarted (its connection dropped, Celery forgot them),
+  once no task delivered before then can still be running: within a task's longest time, instead of
+  the visibility timeout;
 * a job's dispatch that was never published, once ``RECONCILE_GRACE_S`` old;
 * work of a queue that holds no message at all, neither waiting nor held by a worker (so a long
-  backlog is never mistaken for loss), once ``RECONCILE_GRACE_S`` old;
-* a fetch or an analysis claimed longer ago than twice its queue's visibility timeout (by then the
-  broker itself would have handed a dead worker's message out again), whatever the queues hold.
+  backlog is never mistaken for loss), once ``RECONCILE_GRACE_S`` old.
 
 ``atelier reconcile --older-than-s N`` is the operator's version: everything untouched for N seconds.
 """
@@ -21,7 +20,6 @@ time (a lock in the broker), and publishes it again:
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 
@@ -54,19 +52,33 @@ def queue_idle(client: redis.Redis, queue: str) -> bool:
     return not any(pipe.execute())
 
 
-def restore_orphans(client: redis.Redis, queue: str) -> int:
-    """Messages of ``queue`` delivered before the broker last started: their workers lost them when
-    their connections dropped (Celery forgets what it had reserved), so no one will acknowledge them;
-    back to the queue now instead of after the visibility timeout. Returns how many."""
-    started = time.time() - int(client.info("server")["uptime_in_seconds"]) - 1.0
-    keys = unacked_keys(queue)
-    tags = client.zrangebyscore(keys["unacked_index_key"], 0, started)
+# kombu's default keys, shared by every queue before each queue got its own: what they still hold
+# after an upgrade has no worker left to acknowledge it
+_LEGACY_KEYS = {
+    "unacked_key": "unacked",
+    "unacked_index_key": "unacked_index",
+    "unacked_mutex_key": "unacked_mutex",
+}
+
+
+def broker_started(client: redis.Redis) -> float:
+    """When the broker last started (epoch seconds; a second early, its uptime being whole seconds)."""
+    return time.time() - int(client.info("server")["uptime_in_seconds"]) - 1.0
+
+
+def restore_orphans(client: redis.Redis, url: str, keys: dict[str, str], delivered_before: float) -> int:
+    """Put the unacknowledged messages under ``keys`` delivered before ``delivered_before`` back in their
+    queues; returns how many. The reconciler passes, for each queue, the broker's start (workers lose
+    what they held when their connections drop: Celery forgets what it had reserved, so no one would
+    acknowledge it before the visibility timeout) or, if later, the longest a task runs (one delivered
+    before then cannot still be running)."""
+    tags = client.zrangebyscore(keys["unacked_index_key"], 0, delivered_before)
     if tags:
-        with Connection(get_settings().redis_url, transport_options=keys) as connection:  # type: ignore[no-untyped-call]
+        with Connection(url, transport_options=keys) as connection:  # type: ignore[no-untyped-call]
             qos = connection.default_channel.qos
             for tag in tags:
                 qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag)
-        log.warning("%d messages of %s held when the broker restarted: back in the queue", len(tags), queue)
+        log.warning("%d messages lost by their workers: back in their queue", len(tags))
     return len(tags)
 
 
@@ -75,7 +87,7 @@ def republish(stale: pipeline.StaleWork) -> None:
     for job_id in stale.jobs:
         broker.dispatch_job(job_id)
     with transaction() as session:
-        pipeline.mark_published(session, stale.jobs)
+        pipeline.mark_published(session, stale.jobs, again=True)
     broker.fetch_items(stale.items)
     with transaction() as session:
         claims = [pipeline.pending_analysis(session, r) for r in (*stale.results, *stale.staged)]
@@ -99,8 +111,14 @@ def reconcile_once(client: redis.Redis) -> pipeline.StaleWork:
     """One look: what is lost by the rules above, republished."""
     settings, worker = get_settings(), get_worker_settings()
     queues = settings.queues
-    for queue in {queues.orchestrator, *(get_spec(name).queue(queues) for name in SERVICES)}:
-        restore_orphans(client, queue)
+    running_s = {queues.orchestrator: task_seconds(None)}
+    for name in SERVICES:
+        queue = get_spec(name).queue(queues)
+        running_s[queue] = max(running_s.get(queue, 0.0), task_seconds(name))
+    started, now = broker_started(client), time.time()
+    for queue, seconds in running_s.items():
+        restore_orphans(client, settings.redis_url, unacked_keys(queue), min(started, now - seconds))
+    restore_orphans(client, settings.redis_url, _LEGACY_KEYS, now - max(running_s.values()))
     idle_models = {name for name in SERVICES if queue_idle(client, get_spec(name).queue(queues))}
     idle_staged = {name for name, spec in SERVICES.items() if spec.crops_to in idle_models}
     with transaction() as session:
@@ -110,8 +128,6 @@ def reconcile_once(client: redis.Redis) -> pipeline.StaleWork:
             orchestrator_idle=queue_idle(client, queues.orchestrator),
             idle_models=idle_models,
             idle_staged=idle_staged,
-            lost_fetch_s=worker.stale_after_s(task_seconds(None)),
-            lost_analysis_s=max(worker.stale_after_s(task_seconds(name)) for name in SERVICES),
         )
     if stale.jobs or stale.items or stale.results or stale.staged:
         log.warning(
@@ -128,12 +144,16 @@ def reconcile_once(client: redis.Redis) -> pipeline.StaleWork:
 def run(stop: threading.Event) -> None:
     """Every interval: take the lock (one orchestrator reconciles at a time), look, republish."""
     interval = get_worker_settings().reconcile_interval_s
-    me = f"{socket.gethostname()}:{threading.get_native_id()}"
     client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=10, socket_connect_timeout=5)
+    # held for one look at most; released (compare-and-delete) by its holder after it
+    lock = client.lock(LOCK_KEY, timeout=max(10 * interval, 300.0), blocking=False)
     while not stop.wait(interval):
         try:
-            if client.set(LOCK_KEY, me, nx=True, px=int(interval * 900)):
-                reconcile_once(client)
+            if lock.acquire():
+                try:
+                    reconcile_once(client)
+                finally:
+                    lock.release()
         except Exception:  # the database or the broker away, or anything else: the next look tries again
             log.warning("reconciling failed; trying again in %.0f s", interval, exc_info=True)
 

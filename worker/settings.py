@@ -85,11 +85,6 @@ class WorkerSettings(BaseSettings):
             return self.visibility_timeout_s
         return math.ceil(task_s + self.retry_backoff_max_s + 30.0)
 
-    def stale_after_s(self, task_s: float) -> float:
-        """Work claimed this long ago and not finished was lost with its message, even counting on the
-        broker to restore it (twice the visibility timeout): it is republished, whatever the queues hold."""
-        return 2.0 * self.visibility_timeout(task_s) + self.restore_interval_s
-
 
 @lru_cache
 def get_worker_settings() -> WorkerSettings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps, signals
@@ -33,6 +34,7 @@ from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.crops import crops_service, stage_for_crops
 from worker.serving import (
     backoff_s,
+    infrastructure_backoff_s,
     is_infrastructure_error,
     requeue_on_infrastructure_error,
     retry_or_give_up,
@@ -59,11 +61,18 @@ def dispatch_job_task(job_id: str) -> int:
 
 
 def _dispatch(job_id: str) -> int:
+    """Claim the job (a second copy of its message then does nothing), publish, or give the claim back."""
+    job = uuid.UUID(job_id)
     with transaction() as session:
-        item_ids = pipeline.queued_item_ids(session, uuid.UUID(job_id))
-    broker.fetch_items(item_ids)
-    with transaction() as session:
-        pipeline.mark_dispatched(session, uuid.UUID(job_id))
+        if not pipeline.claim_dispatch(session, job):
+            return 0
+        item_ids = pipeline.queued_item_ids(session, job)
+    try:
+        broker.fetch_items(item_ids)
+    except Exception:
+        with transaction() as session:
+            pipeline.unclaim_dispatch(session, job)
+        raise
     log.info("dispatched %d items", len(item_ids))
     return len(item_ids)
 
@@ -160,9 +169,26 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
     queue = broker.service_queue(model.name)
     messages = [(str(request.args[0]), str(request.args[1])) for request in requests]
     with requeue_on_infrastructure_error(
-        f"{len(requests)} analyses", requeue=lambda: broker.analyse_again(messages, queue)
+        f"{len(requests)} analyses",
+        requeue=lambda: _until_published(lambda: broker.analyse_again(messages, queue)),
     ):
         _analyse(model, requests)
+
+
+def _until_published(publish: Callable[[], None]) -> None:
+    """A batch's messages are acknowledged together once the task returns, whatever it raised: copies
+    of them must be with the broker first. Waits for the broker as long as it takes (the worker has
+    nothing else it could do meanwhile)."""
+    failures = 0
+    while True:
+        try:
+            publish()
+            return
+        except broker.BROKER_ERRORS as exc:
+            failures += 1
+            delay = infrastructure_backoff_s(failures)
+            log.warning("cannot requeue a batch yet, trying again in %.0f s: %r", delay, exc)
+            time.sleep(delay)
 
 
 class _RestartBatchTimer(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -21,16 +21,11 @@ QUEUE = "reconciler-test"
 
 
 @pytest.fixture
-def valkey(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, infra: Infra) -> Iterator[tuple[Any, str]]:
-    from common.settings import get_settings
-
+def valkey(tmp_path: Path, infra: Infra) -> Iterator[tuple[Any, str]]:
+    """A broker of the test's own, to kill (the settings keep naming the suite's)."""
     port = free_port()
     server = durable_valkey(tmp_path / "valkey", port)
-    url = f"redis://127.0.0.1:{port}/0"
-    monkeypatch.setenv("ATELIER_REDIS_URL", url)
-    get_settings.cache_clear()
-    yield server, url
-    get_settings.cache_clear()
+    yield server, f"redis://127.0.0.1:{port}/0"
     server.stop()
 
 
@@ -47,14 +42,16 @@ def _held_message(url: str) -> None:
 
 def test_messages_held_when_the_broker_restarted_go_back_at_once(valkey: tuple[Any, str]) -> None:
     from worker.celery_app import unacked_keys
-    from worker.reconciler import queue_idle, restore_orphans
+    from worker.reconciler import broker_started, queue_idle, restore_orphans
 
     server, url = valkey
     _held_message(url)
     client = redis.Redis.from_url(url)
     assert client.llen(QUEUE) == 0
     assert not queue_idle(client, QUEUE)  # held by a worker: not idle
-    assert restore_orphans(client, QUEUE) == 0  # delivered by this broker: its worker may ack it
+    keys = unacked_keys(QUEUE)
+    # delivered by this broker: its worker may still acknowledge it
+    assert restore_orphans(client, url, keys, broker_started(client)) == 0
 
     # when: the broker is killed and restarted on its append-only file (more than the second that
     # uptime's whole seconds leave uncertain after the delivery)
@@ -67,9 +64,9 @@ def test_messages_held_when_the_broker_restarted_go_back_at_once(valkey: tuple[A
         client = redis.Redis.from_url(url)
         # then: the message it held is restored to its queue, and only once
         assert client.hlen(unacked_keys(QUEUE)["unacked_key"]) == 1
-        assert restore_orphans(client, QUEUE) == 1
+        assert restore_orphans(client, url, keys, broker_started(client)) == 1
         assert client.llen(QUEUE) == 1
         assert client.hlen(unacked_keys(QUEUE)["unacked_key"]) == 0
-        assert restore_orphans(client, QUEUE) == 0
+        assert restore_orphans(client, url, keys, broker_started(client)) == 0
     finally:
         restarted.stop()

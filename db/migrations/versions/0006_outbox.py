@@ -20,8 +20,9 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("published_at", sa.DateTime(timezone=True), nullable=True))
     # jobs committed before this migration were published (or are found by `atelier reconcile`)
     op.execute("UPDATE jobs SET published_at = created_at")
+    # what the reconciler reads every 30 s: jobs not yet expanded into fetches
     op.create_index(
-        "ix_jobs_unpublished", "jobs", ["created_at"], postgresql_where=sa.text("published_at IS NULL")
+        "ix_jobs_undispatched", "jobs", ["created_at"], postgresql_where=sa.text("dispatched_at IS NULL")
     )
     op.add_column("items", sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
@@ -35,5 +36,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_model_results_pending", table_name="model_results")
     op.drop_column("items", "claimed_at")
-    op.drop_index("ix_jobs_unpublished", table_name="jobs")
+    op.drop_index("ix_jobs_undispatched", table_name="jobs")
     op.drop_column("jobs", "published_at")
