@@ -66,18 +66,25 @@ def model_workers(repository: Path) -> tuple[tuple[WorkerPlan, ...], dict[str, s
     return tuple(plans), not_started
 
 
-def service_python(name: str) -> str | None:
-    """``ATELIER_<NAME>_PYTHON``, else ``.venv-<name>/bin/python`` beside the project, else this
-    interpreter when the service's framework is installed here."""
+# the framework a model service's worker imports, and the environment the README installs it in
+_FRAMEWORKS = {"classifier": ("tensorflow", ".venv-classifier")}
+_DEFAULT_FRAMEWORK = ("torch", ".venv-torch")
+
+
+def service_python(name: str, root: Path = PROJECT_ROOT) -> str | None:
+    """``ATELIER_<NAME>_PYTHON``, else ``.venv-<name>/bin/python`` beside the project, else its
+    framework's environment there (``.venv-torch`` for the detector and the segmenter, as the README
+    installs it), else this interpreter when the framework is installed here."""
     configured = os.environ.get(f"ATELIER_{name.upper()}_PYTHON")
     if configured:
         return configured
-    candidate = PROJECT_ROOT / f".venv-{name}" / "bin" / "python"
-    if candidate.exists():
-        return str(candidate)
+    framework, environment = _FRAMEWORKS.get(name, _DEFAULT_FRAMEWORK)
+    for directory in (f".venv-{name}", environment):
+        candidate = root / directory / "bin" / "python"
+        if candidate.exists():
+            return str(candidate)
     import importlib.util
 
-    framework = {"classifier": "tensorflow"}.get(name, "torch")
     return sys.executable if importlib.util.find_spec(framework) is not None else None
 
 

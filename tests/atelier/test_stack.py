@@ -69,3 +69,23 @@ def test_a_valkey_left_running_on_the_directory_is_stopped_before_another_starts
 def test_restart_delays_double_up_to_the_cap() -> None:
     backoff = Backoff(first_s=1.0, max_s=30.0)
     assert [backoff.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+@pytest.mark.parametrize(
+    ("service", "made", "found"),
+    [
+        ("detector", [".venv-torch"], ".venv-torch"),  # the README's one torch environment
+        ("segmenter", [".venv-torch", ".venv-segmenter"], ".venv-segmenter"),  # its own first
+        ("classifier", [".venv-classifier", ".venv-torch"], ".venv-classifier"),
+    ],
+)
+def test_a_model_service_runs_in_the_environment_the_readme_installs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, service: str, made: list[str], found: str
+) -> None:
+    from atelier.stack import service_python
+
+    monkeypatch.delenv(f"ATELIER_{service.upper()}_PYTHON", raising=False)
+    for name in made:
+        (tmp_path / name / "bin").mkdir(parents=True)
+        (tmp_path / name / "bin" / "python").touch()
+    assert service_python(service, root=tmp_path) == str(tmp_path / found / "bin" / "python")
