@@ -58,6 +58,14 @@ _FIELDS_BEFORE_NAME = len(COLUMNS) - 1
 RarePolicy = Literal["other", "drop"]
 
 
+class UntrainableHeadError(ValueError):
+    """A head left with fewer classes than training needs after the rare-class rule.
+
+    The message names each such head with the images each of its classes had before the rule, and the
+    ``min_images_per_class`` at or below which every head keeps enough classes (or that none does).
+    """
+
+
 @dataclass(frozen=True)
 class Sample:
     id: str
@@ -80,6 +88,9 @@ class LoadReport:
     dropped: Counter[str] = field(default_factory=Counter)
     repaired_commas: int = 0
     mapped_to_other: dict[str, int] = field(default_factory=dict)
+    # head -> label -> images, of the rows kept: before and after the rare-class rule
+    class_counts: dict[str, Counter[str]] = field(default_factory=dict)
+    kept_class_counts: dict[str, Counter[str]] = field(default_factory=dict)
 
     def drop(self, reason: str, line: int | None = None) -> None:
         self.dropped[reason] += 1
@@ -93,6 +104,13 @@ class LoadReport:
         lines += [f"mapped to {OTHER} ({head}): {count}" for head, count in self.mapped_to_other.items()]
         return "\n".join(lines)
 
+    def classes_summary(self) -> str:
+        """One line per head: its classes after the rare-class rule with their images, largest first."""
+        return "\n".join(
+            f"{head} ({len(counts)} classes): {_format_counts(counts)}"
+            for head, counts in self.kept_class_counts.items()
+        )
+
 
 def read_styles(
     csv_path: Path,
@@ -102,6 +120,7 @@ def read_styles(
     min_images_per_class: int = 500,
     rare: RarePolicy = "other",
     check_images: bool = True,
+    min_classes: int = 2,
 ) -> tuple[list[Sample], LoadReport]:
     """Read ``styles.csv`` into samples labelled for ``heads``, in file order.
 
@@ -114,6 +133,11 @@ def read_styles(
     Dropping for one head can make a class of another head rare, so dropping repeats until nothing
     changes: the result is the largest subset in which every class of every head is large enough, and
     does not depend on the order of the heads (only the attribution of a row to a reason does).
+
+    A head left with fewer than ``min_classes`` classes after that (every label ``"Other"``, or every row
+    dropped) has nothing to learn: ``UntrainableHeadError``, saying how many images each of its classes
+    had and which ``min_images_per_class`` would keep enough. ``min_classes=0`` turns the check off (to
+    read a held-out set, say).
     """
     heads = _check_heads(heads)
     if min_images_per_class < 0:
@@ -122,12 +146,16 @@ def read_styles(
         raise ValueError(f"unknown rare-class policy {rare!r}; expected 'other' or 'drop'")
 
     report = LoadReport(mapped_to_other={head: 0 for head in heads})
-    samples = _parse_rows(csv_path, images_dir, heads, check_images, report)
-    if rare == "other":
-        samples = _map_rare_to_other(samples, heads, min_images_per_class, report)
-    else:
-        samples = _drop_rare(samples, heads, min_images_per_class, report)
+    parsed = _parse_rows(csv_path, images_dir, heads, check_images, report)
+    report.class_counts = _class_counts(parsed, heads)
+    samples = _apply_rare_rule(parsed, heads, min_images_per_class, rare, report)
     report.rows_kept = len(samples)
+    report.kept_class_counts = _class_counts(samples, heads)
+    few = [head for head in heads if len(report.kept_class_counts[head]) < min_classes]
+    if few:
+        raise UntrainableHeadError(
+            _untrainable_message(parsed, heads, few, min_images_per_class, rare, min_classes, report)
+        )
     return samples, report
 
 
@@ -288,6 +316,87 @@ def _parse_rows(
             continue
         samples.append(Sample(id=id_, image_path=image_path, labels=labels))
     return samples
+
+
+def _class_counts(samples: Sequence[Sample], heads: Sequence[str]) -> dict[str, Counter[str]]:
+    return {head: Counter(sample.labels[head] for sample in samples) for head in heads}
+
+
+def _format_counts(counts: Counter[str]) -> str:
+    if not counts:
+        return "no images"
+    return ", ".join(
+        f"{label} {count}" for label, count in sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+    )
+
+
+def _apply_rare_rule(
+    samples: list[Sample], heads: list[str], min_count: int, rare: RarePolicy, report: LoadReport
+) -> list[Sample]:
+    if rare == "other":
+        return _map_rare_to_other(samples, heads, min_count, report)
+    return _drop_rare(samples, heads, min_count, report)
+
+
+def _largest_threshold(
+    samples: list[Sample], heads: list[str], below: int, rare: RarePolicy, min_classes: int
+) -> int | None:
+    """The largest ``min_images_per_class`` under ``below`` that leaves every head ``min_classes``
+    classes, or None when even 1 (nothing rare) does not.
+
+    Lowering the threshold only makes fewer classes rare, so the kept classes never shrink: the
+    predicate is monotone and a bisection finds the boundary."""
+
+    def enough(threshold: int) -> bool:
+        kept = _apply_rare_rule(
+            samples, heads, threshold, rare, LoadReport(mapped_to_other=dict.fromkeys(heads, 0))
+        )
+        return all(len(counts) >= min_classes for counts in _class_counts(kept, heads).values())
+
+    if below <= 1 or not enough(1):
+        return None
+    good, bad = 1, below  # enough(good), not enough(bad)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if enough(middle) else (good, middle)
+    return good
+
+
+def _untrainable_message(
+    samples: list[Sample],
+    heads: list[str],
+    few: list[str],
+    min_count: int,
+    rare: RarePolicy,
+    min_classes: int,
+    report: LoadReport,
+) -> str:
+    outcome = "mapped to Other" if rare == "other" else "dropped"
+    lines = [
+        f"with min_images_per_class={min_count} (classes with fewer images {outcome}), "
+        f"{len(few)} of {len(heads)} heads would be left with fewer than {min_classes} classes: "
+        "nothing to learn, so nothing is trained."
+    ]
+    for head in few:
+        kept = report.kept_class_counts[head]
+        lines.append(
+            f"  {head}: {len(kept)} class{'' if len(kept) == 1 else 'es'} left ({_format_counts(kept)}); "
+            f"images per class before the rule: {_format_counts(report.class_counts[head])}"
+        )
+    threshold = _largest_threshold(samples, heads, min_count, rare, min_classes)
+    if threshold is not None:
+        lines.append(
+            f"--min-images-per-class {threshold} (or lower) keeps at least {min_classes} classes "
+            "in every head."
+        )
+    else:
+        single = [head for head in heads if len(report.class_counts[head]) < min_classes]
+        lines.append(
+            f"no --min-images-per-class does: {', '.join(single)} "
+            f"{'has' if len(single) == 1 else 'have'} fewer than {min_classes} distinct labels in the data; "
+            "add images of other classes or leave the head out (heads in --config)."
+        )
+    return "\n".join(lines)
 
 
 def _rare_classes(samples: list[Sample], head: str, min_count: int) -> set[str]:

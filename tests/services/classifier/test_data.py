@@ -11,6 +11,7 @@ from services.classifier.data import (
     COLUMNS,
     LoadReport,
     Sample,
+    UntrainableHeadError,
     dataset_hash,
     labels_of,
     read_styles,
@@ -67,7 +68,7 @@ def test_messy_file_keeps_exactly_the_good_rows(messy: tuple[Path, Path]) -> Non
     csv_path, images = messy
 
     # when
-    samples, report = read_styles(csv_path, images, HEADS, min_images_per_class=1)
+    samples, report = read_styles(csv_path, images, HEADS, min_images_per_class=1, min_classes=0)
 
     # then
     assert [s.id for s in samples] == ["1001", "1002", "1003", "1008", "1009", "1011", "1012"]
@@ -90,7 +91,9 @@ def test_messy_file_keeps_exactly_the_good_rows(messy: tuple[Path, Path]) -> Non
 def test_labels_are_stripped_positionally_right_and_only_for_heads(messy: tuple[Path, Path]) -> None:
     csv_path, images = messy
 
-    samples, _ = read_styles(csv_path, images, ["gender", "articleType", "usage"], min_images_per_class=1)
+    samples, _ = read_styles(
+        csv_path, images, ["gender", "articleType", "usage"], min_images_per_class=1, min_classes=0
+    )
     by_id = {s.id: s for s in samples}
 
     assert by_id["1009"] == Sample(
@@ -107,7 +110,9 @@ def test_labels_are_stripped_positionally_right_and_only_for_heads(messy: tuple[
 def test_unchecked_images_keep_the_row_without_an_image(messy: tuple[Path, Path]) -> None:
     csv_path, images = messy
 
-    samples, report = read_styles(csv_path, images, HEADS, min_images_per_class=1, check_images=False)
+    samples, report = read_styles(
+        csv_path, images, HEADS, min_images_per_class=1, check_images=False, min_classes=0
+    )
 
     assert "1010" in [s.id for s in samples]
     assert "missing_image" not in report.dropped
@@ -116,7 +121,7 @@ def test_unchecked_images_keep_the_row_without_an_image(messy: tuple[Path, Path]
 def test_summary_has_one_line_per_reason(messy: tuple[Path, Path]) -> None:
     csv_path, images = messy
 
-    _, report = read_styles(csv_path, images, ["gender", "baseColour"], min_images_per_class=1)
+    _, report = read_styles(csv_path, images, ["gender", "baseColour"], min_images_per_class=1, min_classes=0)
     lines = report.summary().splitlines()
 
     assert "rows read: 14" in lines
@@ -180,10 +185,10 @@ def test_rare_classes_are_dropped_until_stable(tmp_path: Path) -> None:
     csv_path, images = write_dataset(tmp_path, RARE_ROWS)
 
     samples, report = read_styles(
-        csv_path, images, ["gender", "articleType"], min_images_per_class=2, rare="drop"
+        csv_path, images, ["gender", "articleType"], min_images_per_class=2, rare="drop", min_classes=0
     )
     reversed_heads, _ = read_styles(
-        csv_path, images, ["articleType", "gender"], min_images_per_class=2, rare="drop"
+        csv_path, images, ["articleType", "gender"], min_images_per_class=2, rare="drop", min_classes=0
     )
 
     # dropping 4 (Jeans) leaves Women with one sample, so 3 goes in a second round
@@ -192,6 +197,61 @@ def test_rare_classes_are_dropped_until_stable(tmp_path: Path) -> None:
     assert report.rows_kept == 2
     assert report.mapped_to_other == {"gender": 0, "articleType": 0}
     assert [s.id for s in reversed_heads] == ["1", "2"]
+
+
+def test_a_head_left_with_one_class_is_refused_with_its_counts(tmp_path: Path) -> None:
+    # given: five garments and the default threshold of 500, which maps every label to Other
+    csv_path, images = write_dataset(tmp_path, RARE_ROWS)
+
+    # when
+    with pytest.raises(UntrainableHeadError) as refused:
+        read_styles(csv_path, images, ["gender", "articleType"])
+
+    # then: each head's original counts, and the threshold that keeps two classes in both
+    lines = str(refused.value).splitlines()
+    assert lines[0].startswith("with min_images_per_class=500 (classes with fewer images mapped to Other)")
+    assert lines[1:] == [
+        "  gender: 1 class left (Other 5); images per class before the rule: Men 2, Women 2, Boys 1",
+        "  articleType: 1 class left (Other 5); "
+        "images per class before the rule: Tshirts 3, Jeans 1, Shirts 1",
+        "--min-images-per-class 2 (or lower) keeps at least 2 classes in every head.",
+    ]
+    # the advice holds: 2 trains (two and three classes), 3 is refused again
+    _, report = read_styles(csv_path, images, ["gender", "articleType"], min_images_per_class=2)
+    assert report.classes_summary().splitlines() == [
+        "gender (3 classes): Men 2, Women 2, Other 1",
+        "articleType (2 classes): Tshirts 3, Other 2",
+    ]
+    with pytest.raises(UntrainableHeadError, match="  gender: 1 class left"):
+        read_styles(csv_path, images, ["gender", "articleType"], min_images_per_class=3)
+
+
+def test_dropping_rare_classes_advises_a_threshold_for_all_heads_together(tmp_path: Path) -> None:
+    csv_path, images = write_dataset(tmp_path, RARE_ROWS)
+
+    # gender alone keeps Men and Women at 2, but dropping Jeans (articleType) leaves Women one image
+    with pytest.raises(UntrainableHeadError) as refused:
+        read_styles(csv_path, images, ["gender", "articleType"], min_images_per_class=2, rare="drop")
+
+    message = str(refused.value)
+    assert (
+        "  gender: 1 class left (Men 2); images per class before the rule: Men 2, Women 2, Boys 1" in message
+    )
+    assert "  articleType: 1 class left (Tshirts 2)" in message
+    assert message.endswith("--min-images-per-class 1 (or lower) keeps at least 2 classes in every head.")
+
+
+def test_a_head_with_one_label_in_the_data_has_no_threshold_to_advise(tmp_path: Path) -> None:
+    csv_path, images = write_dataset(tmp_path, [row.replace("Women", "Men") for row in RARE_ROWS[:4]])
+
+    with pytest.raises(UntrainableHeadError) as refused:
+        read_styles(csv_path, images, ["gender", "articleType"], min_images_per_class=1)
+
+    assert str(refused.value).splitlines()[1:] == [
+        "  gender: 1 class left (Men 4); images per class before the rule: Men 4",
+        "no --min-images-per-class does: gender has fewer than 2 distinct labels in the data; add images of "
+        "other classes or leave the head out (heads in --config).",
+    ]
 
 
 def test_labels_of_is_sorted_and_names_a_missing_head() -> None:
