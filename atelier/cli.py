@@ -153,6 +153,7 @@ def classifier_train(
     """Train a new classifier version into the model repository and print its metrics."""
     from common.settings import get_settings
     from services.classifier.config import TrainConfig
+    from services.classifier.data import UntrainableHeadError
     from services.classifier.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -166,8 +167,12 @@ def classifier_train(
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if weights is not None:
         fields["weights"] = None if weights == "none" else weights
-    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars; stdout is for the JSON
-        version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bars; stdout is for the JSON
+            version_dir = train(data, TrainConfig(**fields), get_settings().model_repository)
+    except UntrainableHeadError as exc:
+        err.print(f"refused: {exc}", style="red")
+        raise typer.Exit(2) from exc
     _print_version(version_dir)
 
 

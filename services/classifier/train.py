@@ -37,7 +37,10 @@ Targets = dict[str, NDArray[np.int64]]
 
 
 def train(data_dir: Path, config: TrainConfig, repository: Path, work_dir: Path | None = None) -> Path:
-    """Train, evaluate and publish a new version; returns its directory ``<repository>/classifier/<N>``."""
+    """Train, evaluate and publish a new version; returns its directory ``<repository>/classifier/<N>``.
+
+    Raises ``UntrainableHeadError`` (nothing trained, nothing published) when the rare-class rule leaves a
+    head fewer than two classes."""
     samples, report = read_styles(
         data_dir / "styles.csv",
         data_dir / "images",
@@ -46,6 +49,7 @@ def train(data_dir: Path, config: TrainConfig, repository: Path, work_dir: Path 
         rare=config.rare,
     )
     log.info("dataset %s:\n%s", data_dir, report.summary())
+    log.info("images per class kept, by head:\n%s", report.classes_summary())
     heads = labels_of(samples, config.heads)
     train_set, val_set, test_set = stratified_split(samples, config.key_head, config.split, config.seed)
     log.info("split: %d train, %d validation, %d test", len(train_set), len(val_set), len(test_set))
