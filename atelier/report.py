@@ -24,6 +24,7 @@ TOP_COLOURS: Final = 3
 # keys that hold a run-length-encoded mask in a record (``--no-masks`` drops them)
 MASK_KEYS: Final = frozenset({"mask", "rle", "segmentation"})
 GARMENT_MODELS: Final = ("detector", "segmenter")
+_STYLES: Final = {"failed": "red", "skipped": "yellow", "pending": "yellow"}
 
 
 def analysis_report(views: Sequence[Mapping[str, Any]]) -> list[RenderableType]:
@@ -73,12 +74,20 @@ def _image_block(view: Mapping[str, Any]) -> RenderableType:
             lines.append(_indented(Text(f"{name} crops not classified: {crops['skipped']}", style="yellow")))
         if name in record and not (record[name] or {}).get("garments"):
             lines.append(_indented(Text(f"{name}: no garments found")))
+    lines += [_indented(line) for line in _model_notes(models)]
+    return Group(*lines, Text(""))
+
+
+def _model_notes(models: Mapping[str, Mapping[str, Any]]) -> list[Text]:
+    """A line per model that gave nothing, with its reason; models skipped for one reason share a line."""
+    grouped: dict[tuple[str, str], list[str]] = {}
     for name, state in models.items():
         if state.get("status") in ("skipped", "failed", "pending"):
-            reason = f": {state['reason']}" if state.get("reason") else ""
-            style = "red" if state["status"] == "failed" else "yellow"
-            lines.append(_indented(Text(f"{name} {state['status']}{reason}", style=style)))
-    return Group(*lines, Text(""))
+            grouped.setdefault((state["status"], state.get("reason") or ""), []).append(name)
+    return [
+        Text(f"{', '.join(names)} {status}" + (f": {reason}" if reason else ""), style=_STYLES[status])
+        for (status, reason), names in grouped.items()
+    ]
 
 
 def _header(view: Mapping[str, Any], props: Mapping[str, Any]) -> Text:

@@ -1,4 +1,4 @@
-"""What ``atelier analyze`` prints per image (``atelier.report``), from records shaped by ``common.outputs``."""
+"""What ``atelier analyze`` prints (``atelier.report``), from records built by ``common.outputs``."""
 
 from __future__ import annotations
 
@@ -204,6 +204,15 @@ def test_report_says_why_a_model_gave_nothing() -> None:
     assert "detector crops not classified: no classifier worker" in output
     assert "trousers" in output
     assert "image class" not in output
+
+
+def test_report_says_once_per_image_which_models_were_skipped_for_one_reason() -> None:
+    skipped = ModelState(status="skipped", reason="no model artifact served")
+    models = {"properties": ModelState(status="done"), "classifier": skipped, "detector": skipped}
+
+    output = rendered([image_view({"properties": properties().dump()}, models)])
+
+    assert "classifier, detector skipped: no model artifact served" in output
 
 
 def test_report_shows_a_detector_that_found_nothing() -> None:
