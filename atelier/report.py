@@ -24,13 +24,19 @@ TOP_COLOURS: Final = 3
 # keys that hold a run-length-encoded mask in a record (``--no-masks`` drops them)
 MASK_KEYS: Final = frozenset({"mask", "rle", "segmentation"})
 GARMENT_MODELS: Final = ("detector", "segmenter")
-_STYLES: Final = {"failed": "red", "skipped": "yellow", "pending": "yellow"}
+_SKIPPED_EVERYWHERE: Final = "skipped on every image (why: below)"
+_STYLES: Final = {"failed": "red", "skipped": "yellow", "pending": "yellow", _SKIPPED_EVERYWHERE: "yellow"}
 
 
 def analysis_report(views: Sequence[Mapping[str, Any]]) -> list[RenderableType]:
     """One block per image: a header line (input, status, size, colours, sharpness, background), the
-    whole-image classification, a table of the garments each model found, and why a model gave nothing."""
-    return [_image_block(view) for view in views]
+    whole-image classification, a table of the garments each model found, and why a model gave nothing.
+
+    A model skipped for the same reason on every image is named per image, its reason left to the
+    closing notes (``atelier analyze`` prints them once on stderr); any other reason is shown in place.
+    """
+    common = _common_skips(views)
+    return [_image_block(view, common) for view in views]
 
 
 def named_shares(colours: Iterable[Mapping[str, Any]]) -> list[tuple[str, float]]:
@@ -57,7 +63,20 @@ def _is_rle(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(_is_rle(v) for v in value)
 
 
-def _image_block(view: Mapping[str, Any]) -> RenderableType:
+def _common_skips(views: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The models skipped on every image that reached the models (two or more), each for one reason."""
+    reasons: list[dict[str, str]] = [
+        {n: s.get("reason") or "" for n, s in (v.get("models") or {}).items() if s.get("status") == "skipped"}
+        for v in views
+        if v.get("models")  # an image that failed before the models has none: it does not count
+    ]
+    if len(reasons) < 2:
+        return {}
+    first, *rest = reasons
+    return {n: r for n, r in first.items() if all(other.get(n) == r for other in rest)}
+
+
+def _image_block(view: Mapping[str, Any], common_skips: Mapping[str, str]) -> RenderableType:
     record = view.get("record") or {}
     models: Mapping[str, Mapping[str, Any]] = view.get("models") or {}
     lines: list[RenderableType] = [_header(view, record.get("properties") or {})]
@@ -74,16 +93,19 @@ def _image_block(view: Mapping[str, Any]) -> RenderableType:
             lines.append(_indented(Text(f"{name} crops not classified: {crops['skipped']}", style="yellow")))
         if name in record and not (record[name] or {}).get("garments"):
             lines.append(_indented(Text(f"{name}: no garments found")))
-    lines += [_indented(line) for line in _model_notes(models)]
+    lines += [_indented(line) for line in _model_notes(models, common_skips)]
     return Group(*lines, Text(""))
 
 
-def _model_notes(models: Mapping[str, Mapping[str, Any]]) -> list[Text]:
+def _model_notes(models: Mapping[str, Mapping[str, Any]], common_skips: Mapping[str, str]) -> list[Text]:
     """A line per model that gave nothing, with its reason; models skipped for one reason share a line."""
     grouped: dict[tuple[str, str], list[str]] = {}
     for name, state in models.items():
         if state.get("status") in ("skipped", "failed", "pending"):
-            grouped.setdefault((state["status"], state.get("reason") or ""), []).append(name)
+            status, reason = state["status"], state.get("reason") or ""
+            if status == "skipped" and common_skips.get(name) == reason:
+                status, reason = _SKIPPED_EVERYWHERE, ""
+            grouped.setdefault((status, reason), []).append(name)
     return [
         Text(f"{', '.join(names)} {status}" + (f": {reason}" if reason else ""), style=_STYLES[status])
         for (status, reason), names in grouped.items()

@@ -215,6 +215,26 @@ def test_report_says_once_per_image_which_models_were_skipped_for_one_reason() -
     assert "classifier, detector skipped: no model artifact served" in output
 
 
+def test_report_leaves_a_reason_shared_by_every_image_to_the_closing_notes() -> None:
+    # given three images on which the classifier was skipped for one reason, the segmenter for two
+    def models(segmenter_reason: str) -> dict[str, ModelState]:
+        return {
+            "classifier": ModelState(status="skipped", reason="no classifier worker"),
+            "segmenter": ModelState(status="skipped", reason=segmenter_reason),
+        }
+
+    views = [image_view(None, models(r), filename=f"{i}.png") for i, r in enumerate("aab")]
+
+    # when
+    output = rendered(views)
+
+    # then the classifier's reason is not repeated on each image; the segmenter's are
+    assert output.count("classifier skipped on every image (why: below)") == 3
+    assert "no classifier worker" not in output
+    assert output.count("segmenter skipped: a") == 2
+    assert output.count("segmenter skipped: b") == 1
+
+
 def test_report_shows_a_detector_that_found_nothing() -> None:
     record = {"detector": Detection(garments=[]).dump()}
 
