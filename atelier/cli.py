@@ -18,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from atelier.report import analysis_report, without_masks
+
 if TYPE_CHECKING:
     from atelier.stack import Stack
     from common.schemas import ImageView
@@ -567,6 +569,9 @@ def analyze(
         list[str] | None, typer.Option("--model", "-m", help="models to run (repeat); all by default")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the merged records as JSON")] = False,
+    no_masks: Annotated[
+        bool, typer.Option("--no-masks", help="with --json: leave out the run-length-encoded masks")
+    ] = False,
     home: Annotated[Path, HOME_OPTION] = Path(".atelier"),
     timeout: float = 600.0,
 ) -> None:
@@ -585,10 +590,11 @@ def analyze(
     _stop_on_termination()
     with Stack(home) as stack:
         views = _run_job(stack, entries, models, timeout)
+    dumped = [v.model_dump(mode="json") for v in views]
     if as_json:
-        sys.stdout.write(json.dumps([v.model_dump(mode="json") for v in views], indent=2) + "\n")
+        sys.stdout.write(json.dumps(without_masks(dumped) if no_masks else dumped, indent=2) + "\n")
     else:
-        _stdout().print(_table(views))
+        _stdout().print(*analysis_report(dumped))
         done = sum(v.status == "done" for v in views)
         failures = [
             f"failed {v.url or v.filename}: {v.error.code}: {v.error.detail}" for v in views if v.error
@@ -662,34 +668,6 @@ def _wait(stack: Stack, job_id: uuid.UUID, total: int, timeout: float) -> None:
                 raise typer.Exit(f"job {job_id} did not finish within {timeout:.0f} s ({counts})")  # type: ignore[arg-type]
             stack.supervise()
             time.sleep(0.25)
-
-
-def _table(views: list[ImageView]) -> Table:
-    table = Table(show_lines=False)
-    for column in ("input", "status", "size", "dominant colours", "sharpness", "background", "error"):
-        table.add_column(column, overflow="fold")
-    for v in views:
-        props = (v.record or {}).get("properties") or {}
-        colours = ", ".join(
-            f"{name} {share:.0%}" for name, share in _named_shares(props.get("colours", []))[:3]
-        )
-        size = f"{props['width']}×{props['height']}" if props else ""
-        background = props.get("background") or {}
-        bg = ("plain " + background["colour"]) if background.get("plain") else ("busy" if background else "")
-        sharp = f"{props['sharpness']:.0f}" if "sharpness" in props else ""
-        last = Text(v.error.code, style="red") if v.error else Text("")
-        # Text cells: a URL or file name is shown as given, never read as Rich markup
-        cells = (v.url or v.filename or "", str(v.status), size, colours, sharp, bg)
-        table.add_row(*map(Text, cells), last)
-    return table
-
-
-def _named_shares(colours: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """Clusters that share a palette name (two whites from JPEG noise) read as one colour to people."""
-    shares: dict[str, float] = {}
-    for colour in colours:
-        shares[colour["name"]] = shares.get(colour["name"], 0.0) + colour["share"]
-    return sorted(shares.items(), key=lambda kv: -kv[1])
 
 
 def _skipped_notes(views: list[ImageView], not_started: dict[str, str]) -> list[str]:

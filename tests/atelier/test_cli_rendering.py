@@ -7,9 +7,10 @@ from io import StringIO
 from typing import Any
 
 import pytest
-from rich.console import Console
+from rich.console import Console, Group
 
-from atelier.cli import _table, err
+from atelier.cli import err
+from atelier.report import analysis_report
 from common.schemas import ImageView, ItemFailure, ItemStatus
 
 HOSTILE_URL = "http://images.example/a[/x]b[red]c[/red]:x:[link=http://evil.example]d.jpg"
@@ -55,7 +56,7 @@ def test_table_shows_urls_and_file_names_verbatim() -> None:
     ]
 
     # when
-    output = rendered(_table(views))
+    output = rendered(Group(*analysis_report([v.model_dump(mode="json") for v in views])))
 
     # then both appear character for character, and the error code too
     assert HOSTILE_URL in output
