@@ -92,7 +92,7 @@ def test_postprocess_refuses_thresholds_of_unknown_classes() -> None:
 def test_the_served_defaults_suppress_cross_class_duplicates() -> None:
     settings = RCNNSettings()
 
-    assert settings.nms_iou == 0.7
+    assert settings.nms_iou == 0.5
     assert settings.min_area == 0.001
     assert settings.class_thresholds
 
