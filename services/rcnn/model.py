@@ -1,5 +1,6 @@
 """A Detectron2 service's served model: a published version's ``GeneralizedRCNN``, several images in one
-forward pass, each image's instances turned into garments (``masks.garments``).
+forward pass, each image's instances post-processed (``postprocess``: per-class thresholds, minimum area,
+class-agnostic suppression) and turned into garments (``masks.garments``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.artifacts import read_manifest, verify_files
 from services.base import Model, Prediction
 from services.rcnn.config import CONFIG, WEIGHTS, RCNNManifest, RCNNSettings
 from services.rcnn.masks import garments
+from services.rcnn.postprocess import PostProcess, postprocess
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class RCNNModel(Model, Generic[ManifestT, SettingsT]):
         self.cfg: CfgNode | None = None
         self.net: torch.nn.Module | None = None
         self.resize: T.ResizeShortestEdge | None = None
+        self.post = PostProcess(score_threshold=0.0)
 
     @property
     def manifest(self) -> ManifestT:
@@ -80,6 +83,15 @@ class RCNNModel(Model, Generic[ManifestT, SettingsT]):
         cfg.MODEL.DEVICE = device_for(self.settings.device)
         if self.settings.score_threshold is not None:
             cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = self.settings.score_threshold
+        self.post = PostProcess.of(
+            self.classes,
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            self.manifest.class_score_thresholds if self.settings.class_thresholds else {},
+            self.settings.min_area,
+            self.settings.nms_iou,
+        )
+        # the heads keep down to the lowest class threshold; postprocess applies each class's own
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = self.post.lowest_threshold
         if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(self.classes):
             raise ArtifactError(
                 f"the config has {cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes, "
@@ -96,11 +108,12 @@ class RCNNModel(Model, Generic[ManifestT, SettingsT]):
         self.resize = T.ResizeShortestEdge([size, size], self.settings.max_size or cfg.INPUT.MAX_SIZE_TEST)
         self.cfg, self.net = cfg, net
         log.info(
-            "%s %s loaded: %d classes, test size %d, on %s (%d threads)",
+            "%s %s loaded: %d classes, test size %d, %s, on %s (%d threads)",
             self.name,
             self.version,
             len(self.classes),
             size,
+            self.post,
             cfg.MODEL.DEVICE,
             torch.get_num_threads(),
         )
@@ -115,7 +128,7 @@ class RCNNModel(Model, Generic[ManifestT, SettingsT]):
         with torch.no_grad():
             outputs = self.net(inputs)
         return [
-            self._predict(image, out["instances"].to("cpu"))
+            self._predict(image, postprocess(out["instances"].to("cpu"), self.post))
             for image, out in zip(images, outputs, strict=True)
         ]
 

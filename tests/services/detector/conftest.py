@@ -19,7 +19,12 @@ from tests.services.detector.support import ROOT, SIZE, RunClassifier, TrainedDe
 from tests.support.infra import Infra
 from tests.support.training import allow_training_time, shortened
 
-NEEDS_DETECTRON2 = ["test_detector.py", "test_detectron2_install.py", "test_pipeline.py"]
+NEEDS_DETECTRON2 = [
+    "test_detector.py",
+    "test_detectron2_install.py",
+    "test_pipeline.py",
+    "test_postprocess.py",
+]
 collect_ignore = [] if importlib.util.find_spec("detectron2") else NEEDS_DETECTRON2
 
 # the CPU preset (R18-FPN, GroupNorm, light heads, from scratch), shortened: ~1.5 s per iteration here
