@@ -25,7 +25,9 @@ SCENES = 12
 def served(
     trained_detector: TrainedDetector, crop_classifier: Path, classifier_python: Path, infra: Infra
 ) -> Iterator[list[dict[str, Any]]]:
-    """One job of held-out scenes through gateway → fetch → detector worker → classifier worker → Postgres."""
+    """One job of held-out scenes through gateway → fetch → detector worker → classifier worker → Postgres,
+    with the served post-processing off (tests/services/detector/test_postprocess.py tests it): what is
+    served is then what Detectron2's evaluator kept."""
     from atelier.stack import Stack, WorkerPlan
     from gateway.app import app
 
@@ -36,14 +38,17 @@ def served(
     )
     names = [i["file_name"] for i in json.loads(trained_detector.test_json.read_text())["images"]][:SCENES]
     files = [("files", (n, (trained_detector.test_images / n).read_bytes(), "image/jpeg")) for n in names]
-    with Stack(infra.home / "stack-detector", workers=workers), TestClient(app) as client:
-        response = client.post(
-            "/v1/jobs/upload", files=files, data={"models": ["detector"], "external_ids": names}
-        )
-        assert response.status_code == 202, response.text
-        job = wait_for_job(client, response.json()["job_id"], timeout=600)
-        assert job["counts"]["done"] == len(names), job
-        yield [client.get(f"/v1/images/{ref['id']}").json() for ref in response.json()["items"]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ATELIER_DETECTOR_NMS_IOU", "1")
+        patch.setenv("ATELIER_DETECTOR_MIN_AREA", "0")
+        with Stack(infra.home / "stack-detector", workers=workers), TestClient(app) as client:
+            response = client.post(
+                "/v1/jobs/upload", files=files, data={"models": ["detector"], "external_ids": names}
+            )
+            assert response.status_code == 202, response.text
+            job = wait_for_job(client, response.json()["job_id"], timeout=600)
+            assert job["counts"]["done"] == len(names), job
+            yield [client.get(f"/v1/images/{ref['id']}").json() for ref in response.json()["items"]]
 
 
 def _evaluation_detections(trained: TrainedDetector) -> dict[str, list[dict[str, Any]]]:
