@@ -72,7 +72,9 @@ def test_the_trained_segmenter_finds_garments_and_their_styles(trained_segmenter
 def served(
     trained_segmenter: TrainedSegmenter, infra: Infra
 ) -> Iterator[tuple[TestClient, list[dict[str, Any]]]]:
-    """Held-out scenes through gateway → fetch → segmenter worker → Postgres and the blob store."""
+    """Held-out scenes through gateway → fetch → segmenter worker → Postgres and the blob store, with the
+    served post-processing off (tests/services/detector/test_postprocess.py tests it): what is served is
+    then what Detectron2's evaluator kept."""
     from atelier.stack import Stack, WorkerPlan
     from gateway.app import app
 
@@ -82,14 +84,17 @@ def served(
     )
     names = [i["file_name"] for i in json.loads(trained_segmenter.test_json.read_text())["images"]][:SCENES]
     files = [("files", (n, (trained_segmenter.test_images / n).read_bytes(), "image/jpeg")) for n in names]
-    with Stack(infra.home / "stack-segmenter", workers=workers), TestClient(app) as client:
-        response = client.post(
-            "/v1/jobs/upload", files=files, data={"models": ["segmenter"], "external_ids": names}
-        )
-        assert response.status_code == 202, response.text
-        job = wait_for_job(client, response.json()["job_id"], timeout=600)
-        assert job["counts"]["done"] == len(names), job
-        yield client, [client.get(f"/v1/images/{ref['id']}").json() for ref in response.json()["items"]]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ATELIER_SEGMENTER_NMS_IOU", "1")
+        patch.setenv("ATELIER_SEGMENTER_MIN_AREA", "0")
+        with Stack(infra.home / "stack-segmenter", workers=workers), TestClient(app) as client:
+            response = client.post(
+                "/v1/jobs/upload", files=files, data={"models": ["segmenter"], "external_ids": names}
+            )
+            assert response.status_code == 202, response.text
+            job = wait_for_job(client, response.json()["job_id"], timeout=600)
+            assert job["counts"]["done"] == len(names), job
+            yield client, [client.get(f"/v1/images/{ref['id']}").json() for ref in response.json()["items"]]
 
 
 def test_served_instances_equal_the_evaluators(
