@@ -52,21 +52,13 @@ def served_model() -> Model:
 def report_served(model: Model) -> threading.Thread:
     """Tell the orchestrator which version this worker serves, now and then every heartbeat, so new
     analyses go to it and queued ones for a version nobody serves any more are moved to it."""
-    failures = 0
-    while True:  # a worker started while Postgres is away waits for it rather than exiting
-        try:
-            with transaction() as session:
-                versions.report_served(session, model.name, model.version, started=True)
-            break
-        except Exception as exc:
-            if not is_infrastructure_error(exc):
-                raise
-            failures += 1
-            delay = infrastructure_backoff_s(failures)
-            log.warning(
-                "cannot report %s %s yet, trying again in %.0f s: %r", model.name, model.version, delay, exc
-            )
-            time.sleep(delay)
+
+    def report() -> None:
+        with transaction() as session:
+            versions.report_served(session, model.name, model.version, started=True)
+
+    # a worker started while Postgres is away waits for it rather than exiting
+    until_infrastructure_answers(report, f"reporting {model.name} {model.version}")
     interval = get_worker_settings().heartbeat_s
 
     def beat() -> None:
@@ -99,6 +91,23 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     """The database or the broker is away (a restart, a network cut): nobody's fault, and nothing can be
     recorded while it lasts, so the work waits for it instead of spending the item's retries."""
     return database_unavailable(exc) or isinstance(exc, BROKER_ERRORS)
+
+
+def until_infrastructure_answers(action: Callable[[], None], what: str) -> None:
+    """Run ``action`` until the database and the broker let it through, waiting between tries as
+    ``infrastructure_backoff_s`` says; any other error propagates."""
+    failures = 0
+    while True:
+        try:
+            action()
+            return
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise
+            failures += 1
+            delay = infrastructure_backoff_s(failures)
+            log.warning("%s: database or broker unreachable, trying again in %.0f s: %r", what, delay, exc)
+            time.sleep(delay)
 
 
 # a database restart takes seconds: look again at least this often

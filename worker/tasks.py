@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps, signals
@@ -34,7 +33,6 @@ from worker.celery_app import ANALYSE_TASK, DISPATCH_JOB_TASK, FETCH_TASK, app
 from worker.crops import crops_service, stage_for_crops
 from worker.serving import (
     backoff_s,
-    infrastructure_backoff_s,
     is_infrastructure_error,
     requeue_on_infrastructure_error,
     retry_or_give_up,
@@ -42,6 +40,7 @@ from worker.serving import (
     service_availability,
     store_files,
     stored_image,
+    until_infrastructure_answers,
 )
 from worker.settings import get_worker_settings
 
@@ -170,25 +169,13 @@ def analyse_task(requests: list[SimpleRequest]) -> None:
     messages = [(str(request.args[0]), str(request.args[1])) for request in requests]
     with requeue_on_infrastructure_error(
         f"{len(requests)} analyses",
-        requeue=lambda: _until_published(lambda: broker.analyse_again(messages, queue)),
+        # a batch's messages are acknowledged together once the task returns, whatever it raised: their
+        # copies must be with the broker first, however long that takes
+        requeue=lambda: until_infrastructure_answers(
+            lambda: broker.analyse_again(messages, queue), "requeueing a batch"
+        ),
     ):
         _analyse(model, requests)
-
-
-def _until_published(publish: Callable[[], None]) -> None:
-    """A batch's messages are acknowledged together once the task returns, whatever it raised: copies
-    of them must be with the broker first. Waits for the broker as long as it takes (the worker has
-    nothing else it could do meanwhile)."""
-    failures = 0
-    while True:
-        try:
-            publish()
-            return
-        except broker.BROKER_ERRORS as exc:
-            failures += 1
-            delay = infrastructure_backoff_s(failures)
-            log.warning("cannot requeue a batch yet, trying again in %.0f s: %r", delay, exc)
-            time.sleep(delay)
 
 
 class _RestartBatchTimer(bootsteps.StartStopStep):  # type: ignore[misc]
